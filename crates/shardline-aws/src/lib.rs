@@ -1,0 +1,11 @@
+//! shardline's AWS adapters: Kinesis event decoding and Lambda responses, the SQS
+//! quarantine, DynamoDB stores, SDK configuration and error classification. Everything
+//! here implements a port of `shardline-core` or translates at the Lambda boundary.
+
+pub mod kinesis;
+pub mod quarantine;
+pub mod sdk;
+pub mod telemetry;
+
+pub use kinesis::{batch_response, decode_event_json, decode_kinesis_event};
+pub use quarantine::SqsQuarantine;

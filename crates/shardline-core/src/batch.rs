@@ -51,8 +51,12 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The delay after `failures` failed attempts (1-based), capped.
     pub fn backoff(&self, failures: u32) -> Duration {
-        let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
-        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+        let factor = 1u32
+            .checked_shl(failures.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
     }
 }
 
@@ -219,7 +223,10 @@ impl<Q: Quarantine> BatchProcessor<Q> {
                             order.push(key);
                             Vec::new()
                         })
-                        .push(Item { meta: &r.meta, body });
+                        .push(Item {
+                            meta: &r.meta,
+                            body,
+                        });
                 }
                 Err(p) => poisoned.push((r.meta.clone(), p.clone())),
             }
@@ -231,11 +238,12 @@ impl<Q: Quarantine> BatchProcessor<Q> {
         }
 
         let op = &op;
-        let reports: Vec<KeyReport> = futures::stream::iter(order.into_iter().filter_map(|k| groups.remove(k)))
-            .map(|items| self.run_key(items, deadline, op))
-            .buffer_unordered(self.cfg.max_concurrency.max(1))
-            .collect()
-            .await;
+        let reports: Vec<KeyReport> =
+            futures::stream::iter(order.into_iter().filter_map(|k| groups.remove(k)))
+                .map(|items| self.run_key(items, deadline, op))
+                .buffer_unordered(self.cfg.max_concurrency.max(1))
+                .collect()
+                .await;
 
         for r in reports {
             outcome.succeeded += r.succeeded;
@@ -247,7 +255,8 @@ impl<Q: Quarantine> BatchProcessor<Q> {
                 outcome.failed.push(f);
             }
         }
-        self.quarantine_poison(poisoned, deadline, &mut outcome).await;
+        self.quarantine_poison(poisoned, deadline, &mut outcome)
+            .await;
         outcome
     }
 
@@ -270,7 +279,12 @@ impl<Q: Quarantine> BatchProcessor<Q> {
                 match AssertUnwindSafe(op(item)).catch_unwind().await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Err(KeyFailure::at(i, e)),
-                    Err(panic) => return Err(KeyFailure::at(i, RecordError::Panicked(panic_message(&panic)))),
+                    Err(panic) => {
+                        return Err(KeyFailure::at(
+                            i,
+                            RecordError::Panicked(panic_message(&panic)),
+                        ));
+                    }
                 }
             }
             Ok(())
@@ -278,7 +292,12 @@ impl<Q: Quarantine> BatchProcessor<Q> {
         .await
     }
 
-    async fn run_key<'a, T, F, Fut>(&self, mut items: Vec<Item<'a, T>>, deadline: Option<Instant>, op: &F) -> KeyReport
+    async fn run_key<'a, T, F, Fut>(
+        &self,
+        mut items: Vec<Item<'a, T>>,
+        deadline: Option<Instant>,
+        op: &F,
+    ) -> KeyReport
     where
         F: Fn(Vec<Item<'a, T>>) -> Fut,
         Fut: Future<Output = Result<(), KeyFailure>>,
@@ -310,11 +329,16 @@ impl<Q: Quarantine> BatchProcessor<Q> {
                     let RecordError::Poison(reason) = error else {
                         unreachable!("only RecordError::Poison has the poison class")
                     };
-                    report.poisoned.push((items[0].meta.clone(), Poison::new(reason, &[])));
+                    report
+                        .poisoned
+                        .push((items[0].meta.clone(), Poison::new(reason, &[])));
                     items.remove(0);
                     attempts = 0;
                 }
-                ErrorClass::Transient if attempts < self.cfg.retry.max_attempts && self.time_for(attempts, deadline) => {
+                ErrorClass::Transient
+                    if attempts < self.cfg.retry.max_attempts
+                        && self.time_for(attempts, deadline) =>
+                {
                     report.retries += 1;
                     tokio::time::sleep(self.cfg.retry.backoff(attempts)).await;
                 }
@@ -334,15 +358,27 @@ impl<Q: Quarantine> BatchProcessor<Q> {
 
     /// True when a retry after `failures` failures still ends before the deadline margin.
     fn time_for(&self, failures: u32, deadline: Option<Instant>) -> bool {
-        deadline.is_none_or(|d| Instant::now() + self.cfg.retry.backoff(failures) + self.cfg.deadline_margin < d)
+        deadline.is_none_or(|d| {
+            Instant::now() + self.cfg.retry.backoff(failures) + self.cfg.deadline_margin < d
+        })
     }
 
-    async fn quarantine_poison(&self, poisoned: Vec<(RecordMeta, Poison)>, deadline: Option<Instant>, outcome: &mut BatchOutcome) {
+    async fn quarantine_poison(
+        &self,
+        poisoned: Vec<(RecordMeta, Poison)>,
+        deadline: Option<Instant>,
+        outcome: &mut BatchOutcome,
+    ) {
         // Records at or after the retry point come back in the retry; quarantining them
         // now would only write them twice.
         let entries: Vec<QuarantineEntry> = poisoned
             .into_iter()
-            .filter(|(m, _)| outcome.lowest_failure.as_ref().is_none_or(|low| m.pos.seq < *low))
+            .filter(|(m, _)| {
+                outcome
+                    .lowest_failure
+                    .as_ref()
+                    .is_none_or(|low| m.pos.seq < *low)
+            })
             .map(|(m, p)| self.entry(&m, p))
             .collect();
         if entries.is_empty() {
@@ -356,7 +392,11 @@ impl<Q: Quarantine> BatchProcessor<Q> {
                     outcome.quarantined += entries.len();
                     return;
                 }
-                Err(e) if e.class() == ErrorClass::Transient && attempts < self.cfg.retry.max_attempts && self.time_for(attempts, deadline) => {
+                Err(e)
+                    if e.class() == ErrorClass::Transient
+                        && attempts < self.cfg.retry.max_attempts
+                        && self.time_for(attempts, deadline) =>
+                {
                     outcome.retries += 1;
                     tokio::time::sleep(self.cfg.retry.backoff(attempts)).await;
                 }
@@ -471,8 +511,13 @@ mod tests {
                     let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                     max_in_flight.fetch_max(now, Ordering::SeqCst);
                     // Yield with a varying delay so keys interleave.
-                    tokio::time::sleep(Duration::from_micros(u64::from(*item.body % 5) * 100)).await;
-                    seen.lock().unwrap().entry(item.meta.partition_key.clone()).or_default().push(*item.body);
+                    tokio::time::sleep(Duration::from_micros(u64::from(*item.body % 5) * 100))
+                        .await;
+                    seen.lock()
+                        .unwrap()
+                        .entry(item.meta.partition_key.clone())
+                        .or_default()
+                        .push(*item.body);
                     in_flight.fetch_sub(1, Ordering::SeqCst);
                     Ok(())
                 }
@@ -480,9 +525,15 @@ mod tests {
             .await;
         assert_eq!(out.succeeded, 200);
         assert!(out.lowest_failure.is_none());
-        assert!(max_in_flight.load(Ordering::SeqCst) > 1, "keys should run concurrently");
+        assert!(
+            max_in_flight.load(Ordering::SeqCst) > 1,
+            "keys should run concurrently"
+        );
         for (_, vals) in seen.into_inner().unwrap() {
-            assert!(vals.windows(2).all(|w| w[0] < w[1]), "per-key order broken: {vals:?}");
+            assert!(
+                vals.windows(2).all(|w| w[0] < w[1]),
+                "per-key order broken: {vals:?}"
+            );
         }
     }
 
@@ -510,7 +561,12 @@ mod tests {
 
     #[tokio::test]
     async fn later_records_of_a_failed_key_are_not_attempted() {
-        let records = vec![rec(1, "a", Ok(1)), rec(2, "a", Ok(2)), rec(3, "a", Ok(3)), rec(4, "b", Ok(4))];
+        let records = vec![
+            rec(1, "a", Ok(1)),
+            rec(2, "a", Ok(2)),
+            rec(3, "a", Ok(3)),
+            rec(4, "b", Ok(4)),
+        ];
         let calls: Mutex<Vec<u32>> = Mutex::default();
         let p = BatchProcessor::new(fast(), VecQuarantine::default());
         let out = p
@@ -518,7 +574,11 @@ mod tests {
                 let calls = &calls;
                 async move {
                     calls.lock().unwrap().push(*item.body);
-                    if *item.body == 2 { Err(StoreError::fatal("nope").into()) } else { Ok(()) }
+                    if *item.body == 2 {
+                        Err(StoreError::fatal("nope").into())
+                    } else {
+                        Ok(())
+                    }
                 }
             })
             .await;
@@ -549,23 +609,40 @@ mod tests {
     async fn poison_goes_to_quarantine_and_does_not_fail_the_batch() {
         let records = vec![
             rec(1, "a", Ok(1)),
-            rec(2, "a", Err(PoisonReason::NegativeAmount { amount_minor: -1 })),
+            rec(
+                2,
+                "a",
+                Err(PoisonReason::NegativeAmount { amount_minor: -1 }),
+            ),
             rec(3, "a", Ok(3)),
             rec(4, "b", Ok(4)),
         ];
         let p = BatchProcessor::new(fast(), VecQuarantine::default());
         let out = p
             .process_each(&records, None, |item| async move {
-                if *item.body == 4 { Err(RecordError::Poison(PoisonReason::InvalidCoordinates)) } else { Ok(()) }
+                if *item.body == 4 {
+                    Err(RecordError::Poison(PoisonReason::InvalidCoordinates))
+                } else {
+                    Ok(())
+                }
             })
             .await;
         assert!(out.failure_identifiers().is_empty());
         assert_eq!(out.succeeded, 2);
         assert_eq!(out.quarantined, 2);
         let q = p.quarantine.entries.lock().unwrap();
-        let mut got: Vec<(String, String)> = q.iter().map(|e| (e.sequence_number.clone(), e.reason_text.clone())).collect();
+        let mut got: Vec<(String, String)> = q
+            .iter()
+            .map(|e| (e.sequence_number.clone(), e.reason_text.clone()))
+            .collect();
         got.sort();
-        assert_eq!(got, vec![(seq(2), "negative amount -1".into()), (seq(4), "invalid coordinates".into())]);
+        assert_eq!(
+            got,
+            vec![
+                (seq(2), "negative amount -1".into()),
+                (seq(4), "invalid coordinates".into())
+            ]
+        );
         assert_eq!(q[0].shard_id, "shardId-000000000000");
         assert_eq!(q[0].function, "test-fn");
     }
@@ -579,7 +656,11 @@ mod tests {
             .process_each(&records, None, |_| {
                 let calls = &calls;
                 async move {
-                    if calls.fetch_add(1, Ordering::SeqCst) < 2 { Err(StoreError::transient("throttled").into()) } else { Ok(()) }
+                    if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                        Err(StoreError::transient("throttled").into())
+                    } else {
+                        Ok(())
+                    }
                 }
             })
             .await;
@@ -632,8 +713,15 @@ mod tests {
 
     #[tokio::test]
     async fn failed_quarantine_write_reports_the_poison_record() {
-        let records = vec![rec(1, "a", Ok(1)), rec(2, "b", Err(PoisonReason::InvalidCoordinates)), rec(3, "c", Ok(3))];
-        let q = VecQuarantine { fail_times: AtomicU32::new(100), ..Default::default() };
+        let records = vec![
+            rec(1, "a", Ok(1)),
+            rec(2, "b", Err(PoisonReason::InvalidCoordinates)),
+            rec(3, "c", Ok(3)),
+        ];
+        let q = VecQuarantine {
+            fail_times: AtomicU32::new(100),
+            ..Default::default()
+        };
         let p = BatchProcessor::new(fast(), q);
         let out = p.process_each(&records, None, |_| async { Ok(()) }).await;
         assert_eq!(out.failure_identifiers(), vec![seq(2)]);
@@ -642,10 +730,20 @@ mod tests {
 
     #[tokio::test]
     async fn poison_after_the_retry_point_is_left_for_the_retry() {
-        let records = vec![rec(1, "a", Ok(1)), rec(2, "b", Err(PoisonReason::InvalidCoordinates))];
+        let records = vec![
+            rec(1, "a", Ok(1)),
+            rec(2, "b", Err(PoisonReason::InvalidCoordinates)),
+        ];
         let p = BatchProcessor::new(fast(), VecQuarantine::default());
-        let out = p.process_each(&records, None, |_| async { Err(StoreError::fatal("x").into()) }).await;
+        let out = p
+            .process_each(&records, None, |_| async {
+                Err(StoreError::fatal("x").into())
+            })
+            .await;
         assert_eq!(out.failure_identifiers(), vec![seq(1)]);
-        assert_eq!(out.quarantined, 0, "record 2 is replayed from seq 1, quarantined then");
+        assert_eq!(
+            out.quarantined, 0,
+            "record 2 is replayed from seq 1, quarantined then"
+        );
     }
 }

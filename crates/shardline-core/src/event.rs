@@ -333,7 +333,11 @@ fn parse_event_time(v: Option<Cow<'_, str>>) -> Result<i64, PoisonReason> {
 /// Decodes and validates one `txn.v1` payload. `arrival_ms` (the record's approximate
 /// arrival time) is the clock that event times are checked against, so the same record
 /// always gets the same verdict, however late it is replayed.
-pub fn decode_txn(payload: &[u8], arrival_ms: i64, limits: &DecodeLimits) -> Result<Txn, PoisonReason> {
+pub fn decode_txn(
+    payload: &[u8],
+    arrival_ms: i64,
+    limits: &DecodeLimits,
+) -> Result<Txn, PoisonReason> {
     if payload.len() > limits.max_payload_bytes {
         return Err(PoisonReason::TooLarge {
             size: payload.len(),
@@ -447,17 +451,57 @@ mod tests {
 
     #[test]
     fn each_bad_input_has_its_reason() {
-        let cases: Vec<(fn(&mut serde_json::Value), PoisonReason)> = vec![
-            (|v| v["schema"] = "txn.v9".into(), PoisonReason::UnknownSchema { found: "txn.v9".into() }),
-            (|v| { v.as_object_mut().unwrap().remove("amount_minor"); }, missing("amount_minor")),
-            (|v| v["card_token"] = serde_json::Value::Null, missing("card_token")),
-            (|v| v["amount_minor"] = (-5).into(), PoisonReason::NegativeAmount { amount_minor: -5 }),
-            (|v| v["amount_minor"] = 100_000_000_001_i64.into(), PoisonReason::AbsurdAmount { amount_minor: 100_000_000_001, max: MAX_AMOUNT_MINOR }),
-            (|v| v["location"]["lat"] = 91.0.into(), PoisonReason::InvalidCoordinates),
-            (|v| v["event_time"] = "2025-11-26T08:00:00Z".into(), PoisonReason::FutureEventTime { ahead_ms: 3_600_000 }),
-            (|v| v["card_token"] = "4111111111111111".into(), PoisonReason::ClearCardNumber),
-            (|v| v["currency"] = "eur".into(), invalid("currency", "must be 3 upper-case letters")),
-            (|v| v["mcc"] = "54".into(), invalid("mcc", "must be four digits")),
+        type Mutation = fn(&mut serde_json::Value);
+        let cases: Vec<(Mutation, PoisonReason)> = vec![
+            (
+                |v| v["schema"] = "txn.v9".into(),
+                PoisonReason::UnknownSchema {
+                    found: "txn.v9".into(),
+                },
+            ),
+            (
+                |v| {
+                    v.as_object_mut().unwrap().remove("amount_minor");
+                },
+                missing("amount_minor"),
+            ),
+            (
+                |v| v["card_token"] = serde_json::Value::Null,
+                missing("card_token"),
+            ),
+            (
+                |v| v["amount_minor"] = (-5).into(),
+                PoisonReason::NegativeAmount { amount_minor: -5 },
+            ),
+            (
+                |v| v["amount_minor"] = 100_000_000_001_i64.into(),
+                PoisonReason::AbsurdAmount {
+                    amount_minor: 100_000_000_001,
+                    max: MAX_AMOUNT_MINOR,
+                },
+            ),
+            (
+                |v| v["location"]["lat"] = 91.0.into(),
+                PoisonReason::InvalidCoordinates,
+            ),
+            (
+                |v| v["event_time"] = "2025-11-26T08:00:00Z".into(),
+                PoisonReason::FutureEventTime {
+                    ahead_ms: 3_600_000,
+                },
+            ),
+            (
+                |v| v["card_token"] = "4111111111111111".into(),
+                PoisonReason::ClearCardNumber,
+            ),
+            (
+                |v| v["currency"] = "eur".into(),
+                invalid("currency", "must be 3 upper-case letters"),
+            ),
+            (
+                |v| v["mcc"] = "54".into(),
+                invalid("mcc", "must be four digits"),
+            ),
         ];
         for (mutate, want) in cases {
             let mut v = good();
@@ -480,7 +524,10 @@ mod tests {
         let big = vec![b' '; DEFAULT_MAX_PAYLOAD_BYTES + 1];
         assert_eq!(
             decode_txn(&big, ARRIVAL, &DecodeLimits::default()),
-            Err(PoisonReason::TooLarge { size: DEFAULT_MAX_PAYLOAD_BYTES + 1, cap: DEFAULT_MAX_PAYLOAD_BYTES })
+            Err(PoisonReason::TooLarge {
+                size: DEFAULT_MAX_PAYLOAD_BYTES + 1,
+                cap: DEFAULT_MAX_PAYLOAD_BYTES
+            })
         );
     }
 
@@ -505,9 +552,12 @@ mod tests {
                 prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
                 prop::collection::btree_map(
                     prop_oneof![
-                        Just("schema".to_string()), Just("amount_minor".to_string()),
-                        Just("location".to_string()), Just("lat".to_string()),
-                        Just("event_time".to_string()), "[a-z_]{1,8}"
+                        Just("schema".to_string()),
+                        Just("amount_minor".to_string()),
+                        Just("location".to_string()),
+                        Just("lat".to_string()),
+                        Just("event_time".to_string()),
+                        "[a-z_]{1,8}"
                     ],
                     inner,
                     0..6

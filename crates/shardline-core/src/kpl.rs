@@ -165,9 +165,18 @@ mod tests {
 
     fn recs() -> Vec<UserRecord> {
         vec![
-            UserRecord { partition_key: "card-a".into(), data: b"one".to_vec() },
-            UserRecord { partition_key: "card-b".into(), data: b"two".to_vec() },
-            UserRecord { partition_key: "card-a".into(), data: b"three".to_vec() },
+            UserRecord {
+                partition_key: "card-a".into(),
+                data: b"one".to_vec(),
+            },
+            UserRecord {
+                partition_key: "card-b".into(),
+                data: b"two".to_vec(),
+            },
+            UserRecord {
+                partition_key: "card-a".into(),
+                data: b"three".to_vec(),
+            },
         ]
     }
 
@@ -198,13 +207,25 @@ mod tests {
         let body = AggregatedRecord {
             partition_key_table: vec!["k".into()],
             explicit_hash_key_table: vec![],
-            records: vec![KplRecord { partition_key_index: 5, explicit_hash_key_index: None, data: vec![1], tags: vec![] }],
+            records: vec![KplRecord {
+                partition_key_index: 5,
+                explicit_hash_key_index: None,
+                data: vec![1],
+                tags: vec![],
+            }],
         }
         .encode_to_vec();
         let mut bytes = KPL_MAGIC.to_vec();
         bytes.extend_from_slice(&body);
         bytes.extend_from_slice(&Md5::digest(&body));
-        assert_eq!(deaggregate(&bytes), Err(KplError::BadKeyIndex { record: 0, index: 5, len: 1 }));
+        assert_eq!(
+            deaggregate(&bytes),
+            Err(KplError::BadKeyIndex {
+                record: 0,
+                index: 5,
+                len: 1
+            })
+        );
     }
 
     proptest! {

@@ -39,11 +39,17 @@ pub struct QuarantineEntry {
 /// every entry is durable. Writing an entry twice is allowed (at-least-once).
 pub trait Quarantine: Send + Sync {
     /// Stores the entries durably.
-    fn quarantine(&self, entries: &[QuarantineEntry]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn quarantine(
+        &self,
+        entries: &[QuarantineEntry],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 impl<Q: Quarantine> Quarantine for &Q {
-    fn quarantine(&self, entries: &[QuarantineEntry]) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn quarantine(
+        &self,
+        entries: &[QuarantineEntry],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         (**self).quarantine(entries)
     }
 }

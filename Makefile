@@ -1,0 +1,35 @@
+# shardline: the commands README.md names. Everything it needs is installed by the
+# project's own scripts into .tools/ (git-ignored); nothing by hand.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+WITH_EMULATORS := infra/local/with-emulators.sh
+
+.PHONY: help up down install fmt fmt-check clippy unit test
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+install: ## install the pinned emulators (moto, kinesis-local) into .tools/
+	infra/local/install.sh emulators
+
+up: ## start the local emulators on 127.0.0.1 (Kinesis :4568, DynamoDB/SQS :4566)
+	infra/local/up.sh
+
+down: ## stop the local emulators (by pid)
+	infra/local/down.sh
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: ## unit and property tests only (no emulator)
+	$(CARGO) test --workspace --lib --bins
+
+test: fmt-check clippy ## the whole suite: fmt, clippy, unit, property and emulator tests
+	$(WITH_EMULATORS) $(CARGO) test --workspace --all-targets

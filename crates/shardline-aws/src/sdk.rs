@@ -1,0 +1,57 @@
+//! SDK set-up and error classification.
+//!
+//! Clients are configured only through the SDK's standard environment: region,
+//! credentials, and `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` for a local
+//! emulator (<https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html>).
+//! There is no emulator-specific code path.
+
+use std::error::Error;
+use std::fmt::Debug;
+
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use shardline_core::StoreError;
+
+/// Loads the shared SDK configuration from the standard environment, once per process.
+pub async fn load_sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_from_env().await
+}
+
+/// Error codes that mean "try again later" across DynamoDB, Kinesis and SQS.
+/// <https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Programming.Errors.html>
+const TRANSIENT_CODES: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "Throttling",
+    "RequestLimitExceeded",
+    "InternalServerError",
+    "InternalFailure",
+    "ServiceUnavailable",
+    "TransactionConflictException",
+    "LimitExceededException",
+    "KMSThrottlingException",
+    "RequestThrottled",
+];
+
+/// Classifies an SDK error: timeouts, connection failures, throttling and 5xx are
+/// transient; everything else (access denied, missing resource, validation) is fatal.
+pub fn classify<E, R>(err: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + Error + Send + Sync + 'static,
+    R: Debug + Send + Sync + 'static,
+{
+    let transient = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(se) => se
+            .err()
+            .code()
+            .is_some_and(|c| TRANSIENT_CODES.contains(&c)),
+        _ => false,
+    };
+    if transient {
+        StoreError::Transient(Box::new(err))
+    } else {
+        StoreError::Fatal(Box::new(err))
+    }
+}
