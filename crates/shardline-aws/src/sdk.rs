@@ -55,3 +55,13 @@ where
         StoreError::Fatal(Box::new(err))
     }
 }
+
+/// Converts Lambda's invocation deadline (epoch milliseconds, `Context::deadline`) into
+/// an `Instant` for the batch processor's retry budget.
+pub fn deadline_instant(deadline_epoch_ms: u64) -> tokio::time::Instant {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    tokio::time::Instant::now() + std::time::Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms))
+}

@@ -3,9 +3,11 @@
 //! runtime: state is reached through the traits in [`ports`], so the same logic runs on
 //! Lambda, under the local runner, in tests and in benchmarks.
 
+pub mod alert;
 pub mod batch;
 pub mod error;
 pub mod event;
+pub mod fraud;
 pub mod kpl;
 pub mod ports;
 pub mod record;

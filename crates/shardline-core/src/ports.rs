@@ -53,3 +53,75 @@ impl<Q: Quarantine> Quarantine for &Q {
         (**self).quarantine(entries)
     }
 }
+
+/// Most keys one [`ProfileStore::get_profiles`] call takes (DynamoDB BatchGetItem's limit).
+pub const MAX_BATCH_GET: usize = 100;
+/// Most alerts one [`AlertSink::put_alerts`] call takes (DynamoDB BatchWriteItem's limit).
+pub const MAX_BATCH_WRITE: usize = 25;
+
+/// Profiles found by a batch read, and the keys the store did not get to.
+#[derive(Debug, Default)]
+pub struct BatchRead<T> {
+    /// Items found (absent keys simply have no entry).
+    pub found: Vec<T>,
+    /// Keys not processed this time (DynamoDB's `UnprocessedKeys`): ask again.
+    pub unprocessed: Vec<String>,
+}
+
+/// Result of a conditional write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    /// Written.
+    Written,
+    /// The stored version was not the expected one: someone else wrote; re-read.
+    Conflict,
+}
+
+/// Per-card fraud profiles.
+pub trait ProfileStore: Send + Sync {
+    /// Reads up to [`MAX_BATCH_GET`] profiles in one request, strongly consistent.
+    fn get_profiles(&self, cards: &[String]) -> impl Future<Output = Result<BatchRead<crate::fraud::profile::CardProfile>, StoreError>> + Send;
+    /// Reads one profile, strongly consistent.
+    fn get_profile(&self, card: &str) -> impl Future<Output = Result<Option<crate::fraud::profile::CardProfile>, StoreError>> + Send;
+    /// Writes `profile` (whose `version` is already the new one) only if the stored
+    /// version is `expected` (`None`: only if no profile is stored).
+    fn put_profile(&self, profile: &crate::fraud::profile::CardProfile, expected: Option<u64>) -> impl Future<Output = Result<Put, StoreError>> + Send;
+}
+
+/// Where alerts are stored: idempotent by `alert_id`.
+pub trait AlertSink: Send + Sync {
+    /// Writes up to [`MAX_BATCH_WRITE`] alerts in one request; all or an error.
+    fn put_alerts(&self, alerts: &[crate::alert::Alert]) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Where the current rule set is stored, if anywhere.
+pub trait RuleSource: Send + Sync {
+    /// The stored rule set, `None` when none is stored.
+    fn load_rules(&self) -> impl Future<Output = Result<Option<crate::fraud::rules::RuleSet>, StoreError>> + Send;
+}
+
+/// A rule source with nothing stored: the default rule set stays in force.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoRuleSource;
+
+impl RuleSource for NoRuleSource {
+    async fn load_rules(&self) -> Result<Option<crate::fraud::rules::RuleSet>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// An optional output stream for alerts (at least once; consumers dedupe by `alert_id`).
+pub trait AlertStream: Send + Sync {
+    /// Publishes the alerts.
+    fn publish(&self, alerts: &[crate::alert::Alert]) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// No output stream configured.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoAlertStream;
+
+impl AlertStream for NoAlertStream {
+    async fn publish(&self, _alerts: &[crate::alert::Alert]) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

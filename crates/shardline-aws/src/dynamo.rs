@@ -1,0 +1,168 @@
+//! DynamoDB adapters of the core ports: card profiles, alerts, the rule set.
+//! Items are mapped with `serde_dynamo`; key attribute names match `template.yaml`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+use shardline_core::StoreError;
+use shardline_core::alert::Alert;
+use shardline_core::fraud::profile::CardProfile;
+use shardline_core::fraud::rules::RuleSet;
+use shardline_core::ports::{AlertSink, BatchRead, ProfileStore, Put, RuleSource};
+
+use crate::sdk::classify;
+
+/// Key attribute of the profiles table.
+pub const PROFILE_KEY: &str = "card_token";
+/// Key attribute of the alerts table.
+pub const ALERT_KEY: &str = "alert_id";
+/// Key attribute of the config table.
+pub const CONFIG_KEY: &str = "config_id";
+/// Config item holding the scorer's rule set (attribute `body`: the JSON).
+pub const RULES_CONFIG_ID: &str = "rules#fraud-scorer";
+/// Attempts at a BatchWriteItem's unprocessed items before giving up.
+const UNPROCESSED_ATTEMPTS: u32 = 5;
+
+fn fatal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Fatal(Box::new(e))
+}
+
+/// Card profiles in DynamoDB, one item per card, versioned.
+#[derive(Clone, Debug)]
+pub struct DynamoProfileStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoProfileStore {
+    /// Profiles in `table`.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+}
+
+impl ProfileStore for DynamoProfileStore {
+    async fn get_profiles(&self, cards: &[String]) -> Result<BatchRead<CardProfile>, StoreError> {
+        let keys: Vec<HashMap<String, AttributeValue>> = cards.iter().map(|c| HashMap::from([(PROFILE_KEY.to_owned(), AttributeValue::S(c.clone()))])).collect();
+        let ka = KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(fatal)?;
+        let out = self.client.batch_get_item().request_items(&self.table, ka).send().await.map_err(classify)?;
+        let found = out
+            .responses()
+            .and_then(|r| r.get(&self.table))
+            .map(|items| serde_dynamo::from_items(items.clone()))
+            .transpose()
+            .map_err(fatal)?
+            .unwrap_or_default();
+        let unprocessed = out
+            .unprocessed_keys()
+            .and_then(|u| u.get(&self.table))
+            .map(|ka| ka.keys().iter().filter_map(|k| k.get(PROFILE_KEY).and_then(|v| v.as_s().ok()).cloned()).collect())
+            .unwrap_or_default();
+        Ok(BatchRead { found, unprocessed })
+    }
+
+    async fn get_profile(&self, card: &str) -> Result<Option<CardProfile>, StoreError> {
+        let out = self.client.get_item().table_name(&self.table).key(PROFILE_KEY, AttributeValue::S(card.to_owned())).consistent_read(true).send().await.map_err(classify)?;
+        out.item().map(|i| serde_dynamo::from_item(i.clone())).transpose().map_err(fatal)
+    }
+
+    async fn put_profile(&self, profile: &CardProfile, expected: Option<u64>) -> Result<Put, StoreError> {
+        let item: HashMap<String, AttributeValue> = serde_dynamo::to_item(profile).map_err(fatal)?;
+        let mut req = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        req = match expected {
+            None => req.condition_expression("attribute_not_exists(#k)").expression_attribute_names("#k", PROFILE_KEY),
+            Some(v) => req
+                .condition_expression("#v = :v")
+                .expression_attribute_names("#v", "version")
+                .expression_attribute_values(":v", AttributeValue::N(v.to_string())),
+        };
+        match req.send().await {
+            Ok(_) => Ok(Put::Written),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(Put::Conflict),
+            Err(e) => Err(classify(e)),
+        }
+    }
+}
+
+/// Alerts in DynamoDB, keyed by `alert_id` (writing one twice leaves one item).
+#[derive(Clone, Debug)]
+pub struct DynamoAlertSink {
+    client: Client,
+    table: String,
+}
+
+impl DynamoAlertSink {
+    /// Alerts in `table`.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+}
+
+impl AlertSink for DynamoAlertSink {
+    async fn put_alerts(&self, alerts: &[Alert]) -> Result<(), StoreError> {
+        if alerts.is_empty() {
+            return Ok(());
+        }
+        let mut writes = Vec::with_capacity(alerts.len());
+        for a in alerts {
+            let item = serde_dynamo::to_item(a).map_err(fatal)?;
+            writes.push(WriteRequest::builder().put_request(PutRequest::builder().set_item(Some(item)).build().map_err(fatal)?).build());
+        }
+        batch_write(&self.client, &self.table, writes).await
+    }
+}
+
+/// One BatchWriteItem of up to 25 requests, re-sending unprocessed items with backoff.
+/// <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchWriteItem.html>
+pub async fn batch_write(client: &Client, table: &str, mut writes: Vec<WriteRequest>) -> Result<(), StoreError> {
+    for attempt in 1..=UNPROCESSED_ATTEMPTS {
+        let out = client.batch_write_item().request_items(table, writes).send().await.map_err(classify)?;
+        writes = out.unprocessed_items().and_then(|u| u.get(table)).cloned().unwrap_or_default();
+        if writes.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
+    }
+    Err(StoreError::transient(format!("{} items still unprocessed after {UNPROCESSED_ATTEMPTS} BatchWriteItem attempts", writes.len())))
+}
+
+/// The rule set stored in the config table (item `rules#fraud-scorer`, attribute `body`).
+#[derive(Clone, Debug)]
+pub struct DynamoRuleSource {
+    client: Client,
+    table: String,
+}
+
+impl DynamoRuleSource {
+    /// Rules in `table`.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    /// Stores a rule set (the way to change rules without a redeploy).
+    pub async fn store(&self, rules: &RuleSet) -> Result<(), StoreError> {
+        let body = serde_json::to_string(rules).map_err(fatal)?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item(CONFIG_KEY, AttributeValue::S(RULES_CONFIG_ID.to_owned()))
+            .item("body", AttributeValue::S(body))
+            .item("version", AttributeValue::S(rules.version.clone()))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
+
+impl RuleSource for DynamoRuleSource {
+    async fn load_rules(&self) -> Result<Option<RuleSet>, StoreError> {
+        let out = self.client.get_item().table_name(&self.table).key(CONFIG_KEY, AttributeValue::S(RULES_CONFIG_ID.to_owned())).send().await.map_err(classify)?;
+        let Some(body) = out.item().and_then(|i| i.get("body")).and_then(|b| b.as_s().ok()) else {
+            return Ok(None);
+        };
+        RuleSet::from_json(body).map(Some).map_err(fatal)
+    }
+}

@@ -1,0 +1,358 @@
+//! The fraud-scorer handler, generic over its stores so that Lambda, the local runner,
+//! tests and benchmarks run the same code.
+//!
+//! Per invocation: one strongly consistent BatchGetItem per 100 distinct cards, each
+//! card's records applied in order in memory, alerts written in BatchWriteItems of 25,
+//! then one conditional PutItem per changed card. The profile write is the commit
+//! point: alerts are written before it (idempotent by event id), and the profile's
+//! per-shard guard makes a replay skip what is already applied. A lost race on a card
+//! (another shard wrote it, e.g. after a reshard) re-reads and re-applies.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_lambda_events::event::streams::KinesisEventResponse;
+use shardline_aws::kinesis::{EnvelopeError, batch_response, decode_event_json};
+use shardline_core::alert::Alert;
+use shardline_core::batch::{BatchConfig, BatchOutcome, BatchProcessor, Item, KeyFailure};
+use shardline_core::fraud::profile::CardProfile;
+use shardline_core::fraud::rules::{RuleCache, RuleSet};
+use shardline_core::fraud::{CardOutcome, apply_card};
+use shardline_core::ports::{AlertSink, AlertStream, MAX_BATCH_GET, MAX_BATCH_WRITE, ProfileStore, Put, Quarantine, RuleSource};
+use shardline_core::{DecodeLimits, ErrorClass, InRecord, StoreError, Txn};
+use tokio::sync::Mutex;
+use tokio::time::Instant;
+
+/// The function's name: quarantine entries and metrics carry it.
+pub const FUNCTION: &str = "fraud-scorer";
+/// Conflicting writes on one card tolerated before the card is reported for retry.
+const MAX_CONFLICTS: u32 = 5;
+
+/// The invocation cannot be processed at all.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The event is not a Kinesis event.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+}
+
+/// Settings of the scorer that are not stores.
+#[derive(Clone, Debug)]
+pub struct ScorerSettings {
+    /// Batch processing (concurrency, retries).
+    pub batch: BatchConfig,
+    /// Decode limits.
+    pub limits: DecodeLimits,
+    /// How long a loaded rule set is used before it is reloaded.
+    pub rules_ttl: Duration,
+    /// Overrides the rule set's alert threshold (the template's AlertThreshold).
+    pub threshold_override: Option<u32>,
+}
+
+impl Default for ScorerSettings {
+    fn default() -> Self {
+        Self {
+            batch: BatchConfig::new(FUNCTION),
+            limits: DecodeLimits::default(),
+            rules_ttl: Duration::from_secs(60),
+            threshold_override: None,
+        }
+    }
+}
+
+/// What one invocation did.
+#[derive(Debug)]
+pub struct Report {
+    /// The Lambda response (partial batch failures).
+    pub response: KinesisEventResponse,
+    /// The batch processor's outcome.
+    pub outcome: BatchOutcome,
+    /// Alerts raised.
+    pub alerts: usize,
+    /// Events scored.
+    pub scored: usize,
+    /// Events below the threshold.
+    pub below_threshold: usize,
+    /// Records skipped as Kinesis replays.
+    pub replayed: usize,
+    /// Records skipped as producer duplicates.
+    pub duplicates: usize,
+}
+
+/// The stores a scorer uses.
+pub struct Stores<P, A, Q, R, S> {
+    /// Card profiles.
+    pub profiles: P,
+    /// Alerts table.
+    pub alerts: A,
+    /// Quarantine for poison records.
+    pub quarantine: Q,
+    /// Where the rule set is stored.
+    pub rules: R,
+    /// Optional alert output stream.
+    pub stream: S,
+}
+
+/// The fraud scorer: holds its stores and the cached rule set between invocations.
+pub struct Scorer<P, A, Q, R, S> {
+    profiles: P,
+    alerts: A,
+    rule_source: R,
+    stream: S,
+    processor: BatchProcessor<Q>,
+    rules: Mutex<RuleCache>,
+    settings: ScorerSettings,
+}
+
+#[derive(Default)]
+struct CardWork {
+    /// The stored profile and the version it had (`None`: not stored).
+    loaded: Option<(Option<u64>, CardProfile)>,
+    computed: Option<CardOutcome>,
+    alerts_durable: bool,
+    written: bool,
+}
+
+impl<P, A, Q, R, S> Scorer<P, A, Q, R, S>
+where
+    P: ProfileStore,
+    A: AlertSink,
+    Q: Quarantine,
+    R: RuleSource,
+    S: AlertStream,
+{
+    /// A scorer over these stores.
+    pub fn new(stores: Stores<P, A, Q, R, S>, settings: ScorerSettings) -> Self {
+        let mut initial = RuleSet::default_rules();
+        if let Some(t) = settings.threshold_override {
+            initial.alert_threshold = t;
+        }
+        Self {
+            profiles: stores.profiles,
+            alerts: stores.alerts,
+            rule_source: stores.rules,
+            stream: stores.stream,
+            processor: BatchProcessor::new(settings.batch.clone(), stores.quarantine),
+            rules: Mutex::new(RuleCache::new(initial, settings.rules_ttl)),
+            settings,
+        }
+    }
+
+    /// The profile store (tests read it back).
+    pub fn profiles(&self) -> &P {
+        &self.profiles
+    }
+
+    /// Handles one invocation payload (a Lambda Kinesis event, raw JSON).
+    pub async fn handle(&self, payload: &[u8], deadline: Option<Instant>) -> Result<Report, HandlerError> {
+        let records = decode_event_json(payload, &self.settings.limits)?;
+        Ok(self.handle_records(&records, deadline).await)
+    }
+
+    /// Handles decoded records.
+    pub async fn handle_records(&self, records: &[InRecord<Txn>], deadline: Option<Instant>) -> Report {
+        let rules = self.current_rules().await;
+        let mut by_card: HashMap<&str, Vec<Item<'_, Txn>>> = HashMap::new();
+        for r in records {
+            if let Ok(body) = &r.body {
+                by_card.entry(body.card_token.as_str()).or_default().push(Item { meta: &r.meta, body });
+            }
+        }
+        for items in by_card.values_mut() {
+            items.sort_by(|a, b| a.meta.pos.cmp(&b.meta.pos));
+        }
+        let work: HashMap<&str, Mutex<CardWork>> = by_card.keys().map(|c| (*c, Mutex::new(CardWork::default()))).collect();
+
+        self.prefetch(&work).await;
+        // Score every card whose profile is in hand, in memory.
+        for (card, items) in &by_card {
+            let mut st = work[card].lock().await;
+            if let Some((_, p)) = &st.loaded {
+                st.computed = Some(apply_card(p.clone(), items, &rules));
+            }
+        }
+        self.write_alerts_in_bulk(&work).await;
+
+        let outcome = self
+            .processor
+            .process_keyed(records, deadline, |items| self.commit_key(items, &work, &rules))
+            .await;
+
+        let mut report = Report {
+            response: batch_response(&outcome),
+            outcome,
+            alerts: 0,
+            scored: 0,
+            below_threshold: 0,
+            replayed: 0,
+            duplicates: 0,
+        };
+        for st in work.values() {
+            let st = st.lock().await;
+            if let (true, Some(c)) = (st.written, &st.computed) {
+                report.alerts += c.alerts.len();
+                report.scored += c.scored;
+                report.below_threshold += c.below_threshold;
+                report.replayed += c.replayed;
+                report.duplicates += c.duplicates;
+            }
+        }
+        report
+    }
+
+    async fn current_rules(&self) -> RuleSet {
+        let mut cache = self.rules.lock().await;
+        let now = std::time::Instant::now();
+        if cache.stale(now) {
+            match self.rule_source.load_rules().await {
+                Ok(loaded) => {
+                    let loaded = loaded.map(|mut rs| {
+                        if let Some(t) = self.settings.threshold_override {
+                            rs.alert_threshold = t;
+                        }
+                        rs
+                    });
+                    cache.refreshed(now, loaded);
+                }
+                // Keep scoring with the rules in hand; try again at the next invocation.
+                Err(e) => tracing::warn!(error = %e, "Rule set reload failed; keeping the current rules."),
+            }
+        }
+        cache.current().clone()
+    }
+
+    /// One BatchGetItem per 100 cards; unprocessed keys asked again with backoff.
+    /// Cards it cannot read are read one by one when they are committed.
+    async fn prefetch(&self, work: &HashMap<&str, Mutex<CardWork>>) {
+        let cards: Vec<String> = work.keys().map(|c| (*c).to_owned()).collect();
+        let retry = &self.settings.batch.retry;
+        for chunk in cards.chunks(MAX_BATCH_GET) {
+            let mut pending: Vec<String> = chunk.to_vec();
+            let mut attempt = 0;
+            while !pending.is_empty() && attempt < retry.max_attempts {
+                attempt += 1;
+                match self.profiles.get_profiles(&pending).await {
+                    Ok(read) => {
+                        let mut found: HashMap<String, CardProfile> = read.found.into_iter().map(|p| (p.card_token.clone(), p)).collect();
+                        for card in &pending {
+                            if read.unprocessed.contains(card) {
+                                continue;
+                            }
+                            let loaded = match found.remove(card) {
+                                Some(p) => (Some(p.version), p),
+                                None => (None, CardProfile::new(card.clone())),
+                            };
+                            work[card.as_str()].lock().await.loaded = Some(loaded);
+                        }
+                        pending = read.unprocessed;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, cards = pending.len(), "Profile batch read failed.");
+                        if e.class() != ErrorClass::Transient {
+                            break;
+                        }
+                    }
+                }
+                if !pending.is_empty() {
+                    tokio::time::sleep(retry.backoff(attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Alerts of every scored card, 25 per BatchWriteItem. A card whose chunk failed
+    /// writes its own alerts again when it is committed.
+    async fn write_alerts_in_bulk(&self, work: &HashMap<&str, Mutex<CardWork>>) {
+        let mut all: Vec<Alert> = Vec::new();
+        for st in work.values() {
+            let mut st = st.lock().await;
+            match &st.computed {
+                Some(c) if c.alerts.is_empty() => st.alerts_durable = true,
+                Some(c) => all.extend(c.alerts.iter().cloned()),
+                None => {}
+            }
+        }
+        let mut failed_cards: Vec<String> = Vec::new();
+        for chunk in all.chunks(MAX_BATCH_WRITE) {
+            let ok = self.alerts.put_alerts(chunk).await.is_ok() && self.stream.publish(chunk).await.is_ok();
+            if !ok {
+                failed_cards.extend(chunk.iter().filter_map(|a| a.card_token.clone()));
+            }
+        }
+        for st in work.values() {
+            let mut st = st.lock().await;
+            let card = st.computed.as_ref().map(|c| c.profile.card_token.clone());
+            if let Some(card) = card
+                && !failed_cards.contains(&card)
+            {
+                st.alerts_durable = true;
+            }
+        }
+    }
+
+    /// Makes one partition key's cards durable: alerts (if still pending), then the
+    /// profile with a version condition.
+    async fn commit_key(&self, items: Vec<Item<'_, Txn>>, work: &HashMap<&str, Mutex<CardWork>>, rules: &RuleSet) -> Result<(), KeyFailure> {
+        let mut cards: Vec<&str> = Vec::new();
+        for it in &items {
+            if !cards.contains(&it.body.card_token.as_str()) {
+                cards.push(&it.body.card_token);
+            }
+        }
+        for card in cards {
+            let first = items.iter().position(|i| i.body.card_token == card).unwrap_or(0);
+            let card_items: Vec<Item<'_, Txn>> = items.iter().filter(|i| i.body.card_token == card).copied().collect();
+            self.commit_card(card, &card_items, &work[card], rules).await.map_err(|e| KeyFailure::at(first, e))?;
+        }
+        Ok(())
+    }
+
+    async fn commit_card(&self, card: &str, items: &[Item<'_, Txn>], work: &Mutex<CardWork>, rules: &RuleSet) -> Result<(), StoreError> {
+        let mut st = work.lock().await;
+        for _ in 0..MAX_CONFLICTS {
+            if st.written {
+                return Ok(());
+            }
+            if st.loaded.is_none() {
+                let p = self.profiles.get_profile(card).await?;
+                st.loaded = Some(match p {
+                    Some(p) => (Some(p.version), p),
+                    None => (None, CardProfile::new(card)),
+                });
+                st.computed = None;
+            }
+            let (expected, profile) = st.loaded.clone().unwrap_or_default();
+            if st.computed.is_none() {
+                let c = apply_card(profile, items, rules);
+                st.alerts_durable = c.alerts.is_empty();
+                st.computed = Some(c);
+            }
+            let Some(c) = st.computed.clone() else { continue };
+            if !c.changed {
+                st.written = true;
+                return Ok(());
+            }
+            if !st.alerts_durable {
+                for chunk in c.alerts.chunks(MAX_BATCH_WRITE) {
+                    self.alerts.put_alerts(chunk).await?;
+                    self.stream.publish(chunk).await?;
+                }
+                st.alerts_durable = true;
+            }
+            let mut next = c.profile;
+            next.version = expected.map_or(1, |v| v + 1);
+            match self.profiles.put_profile(&next, expected).await? {
+                Put::Written => {
+                    st.written = true;
+                    return Ok(());
+                }
+                Put::Conflict => {
+                    tracing::debug!(shard_records = items.len(), "Profile changed under us; re-reading.");
+                    st.loaded = None;
+                    st.computed = None;
+                }
+            }
+        }
+        Err(StoreError::transient(format!("profile write lost {MAX_CONFLICTS} races in a row")))
+    }
+}
