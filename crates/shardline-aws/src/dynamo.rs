@@ -39,15 +39,31 @@ pub struct DynamoProfileStore {
 impl DynamoProfileStore {
     /// Profiles in `table`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 }
 
 impl ProfileStore for DynamoProfileStore {
     async fn get_profiles(&self, cards: &[String]) -> Result<BatchRead<CardProfile>, StoreError> {
-        let keys: Vec<HashMap<String, AttributeValue>> = cards.iter().map(|c| HashMap::from([(PROFILE_KEY.to_owned(), AttributeValue::S(c.clone()))])).collect();
-        let ka = KeysAndAttributes::builder().set_keys(Some(keys)).consistent_read(true).build().map_err(fatal)?;
-        let out = self.client.batch_get_item().request_items(&self.table, ka).send().await.map_err(classify)?;
+        let keys: Vec<HashMap<String, AttributeValue>> = cards
+            .iter()
+            .map(|c| HashMap::from([(PROFILE_KEY.to_owned(), AttributeValue::S(c.clone()))]))
+            .collect();
+        let ka = KeysAndAttributes::builder()
+            .set_keys(Some(keys))
+            .consistent_read(true)
+            .build()
+            .map_err(fatal)?;
+        let out = self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, ka)
+            .send()
+            .await
+            .map_err(classify)?;
         let found = out
             .responses()
             .and_then(|r| r.get(&self.table))
@@ -58,21 +74,48 @@ impl ProfileStore for DynamoProfileStore {
         let unprocessed = out
             .unprocessed_keys()
             .and_then(|u| u.get(&self.table))
-            .map(|ka| ka.keys().iter().filter_map(|k| k.get(PROFILE_KEY).and_then(|v| v.as_s().ok()).cloned()).collect())
+            .map(|ka| {
+                ka.keys()
+                    .iter()
+                    .filter_map(|k| k.get(PROFILE_KEY).and_then(|v| v.as_s().ok()).cloned())
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(BatchRead { found, unprocessed })
     }
 
     async fn get_profile(&self, card: &str) -> Result<Option<CardProfile>, StoreError> {
-        let out = self.client.get_item().table_name(&self.table).key(PROFILE_KEY, AttributeValue::S(card.to_owned())).consistent_read(true).send().await.map_err(classify)?;
-        out.item().map(|i| serde_dynamo::from_item(i.clone())).transpose().map_err(fatal)
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PROFILE_KEY, AttributeValue::S(card.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        out.item()
+            .map(|i| serde_dynamo::from_item(i.clone()))
+            .transpose()
+            .map_err(fatal)
     }
 
-    async fn put_profile(&self, profile: &CardProfile, expected: Option<u64>) -> Result<Put, StoreError> {
-        let item: HashMap<String, AttributeValue> = serde_dynamo::to_item(profile).map_err(fatal)?;
-        let mut req = self.client.put_item().table_name(&self.table).set_item(Some(item));
+    async fn put_profile(
+        &self,
+        profile: &CardProfile,
+        expected: Option<u64>,
+    ) -> Result<Put, StoreError> {
+        let item: HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(profile).map_err(fatal)?;
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
         req = match expected {
-            None => req.condition_expression("attribute_not_exists(#k)").expression_attribute_names("#k", PROFILE_KEY),
+            None => req
+                .condition_expression("attribute_not_exists(#k)")
+                .expression_attribute_names("#k", PROFILE_KEY),
             Some(v) => req
                 .condition_expression("#v = :v")
                 .expression_attribute_names("#v", "version")
@@ -80,7 +123,12 @@ impl ProfileStore for DynamoProfileStore {
         };
         match req.send().await {
             Ok(_) => Ok(Put::Written),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(Put::Conflict),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Put::Conflict)
+            }
             Err(e) => Err(classify(e)),
         }
     }
@@ -96,7 +144,10 @@ pub struct DynamoAlertSink {
 impl DynamoAlertSink {
     /// Alerts in `table`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 }
 
@@ -108,7 +159,16 @@ impl AlertSink for DynamoAlertSink {
         let mut writes = Vec::with_capacity(alerts.len());
         for a in alerts {
             let item = serde_dynamo::to_item(a).map_err(fatal)?;
-            writes.push(WriteRequest::builder().put_request(PutRequest::builder().set_item(Some(item)).build().map_err(fatal)?).build());
+            writes.push(
+                WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(item))
+                            .build()
+                            .map_err(fatal)?,
+                    )
+                    .build(),
+            );
         }
         batch_write(&self.client, &self.table, writes).await
     }
@@ -116,16 +176,32 @@ impl AlertSink for DynamoAlertSink {
 
 /// One BatchWriteItem of up to 25 requests, re-sending unprocessed items with backoff.
 /// <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchWriteItem.html>
-pub async fn batch_write(client: &Client, table: &str, mut writes: Vec<WriteRequest>) -> Result<(), StoreError> {
+pub async fn batch_write(
+    client: &Client,
+    table: &str,
+    mut writes: Vec<WriteRequest>,
+) -> Result<(), StoreError> {
     for attempt in 1..=UNPROCESSED_ATTEMPTS {
-        let out = client.batch_write_item().request_items(table, writes).send().await.map_err(classify)?;
-        writes = out.unprocessed_items().and_then(|u| u.get(table)).cloned().unwrap_or_default();
+        let out = client
+            .batch_write_item()
+            .request_items(table, writes)
+            .send()
+            .await
+            .map_err(classify)?;
+        writes = out
+            .unprocessed_items()
+            .and_then(|u| u.get(table))
+            .cloned()
+            .unwrap_or_default();
         if writes.is_empty() {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
     }
-    Err(StoreError::transient(format!("{} items still unprocessed after {UNPROCESSED_ATTEMPTS} BatchWriteItem attempts", writes.len())))
+    Err(StoreError::transient(format!(
+        "{} items still unprocessed after {UNPROCESSED_ATTEMPTS} BatchWriteItem attempts",
+        writes.len()
+    )))
 }
 
 /// The rule set stored in the config table (item `rules#fraud-scorer`, attribute `body`).
@@ -138,7 +214,10 @@ pub struct DynamoRuleSource {
 impl DynamoRuleSource {
     /// Rules in `table`.
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     /// Stores a rule set (the way to change rules without a redeploy).
@@ -159,8 +238,19 @@ impl DynamoRuleSource {
 
 impl RuleSource for DynamoRuleSource {
     async fn load_rules(&self) -> Result<Option<RuleSet>, StoreError> {
-        let out = self.client.get_item().table_name(&self.table).key(CONFIG_KEY, AttributeValue::S(RULES_CONFIG_ID.to_owned())).send().await.map_err(classify)?;
-        let Some(body) = out.item().and_then(|i| i.get("body")).and_then(|b| b.as_s().ok()) else {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(CONFIG_KEY, AttributeValue::S(RULES_CONFIG_ID.to_owned()))
+            .send()
+            .await
+            .map_err(classify)?;
+        let Some(body) = out
+            .item()
+            .and_then(|i| i.get("body"))
+            .and_then(|b| b.as_s().ok())
+        else {
             return Ok(None);
         };
         RuleSet::from_json(body).map(Some).map_err(fatal)

@@ -63,5 +63,6 @@ pub fn deadline_instant(deadline_epoch_ms: u64) -> tokio::time::Instant {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default();
-    tokio::time::Instant::now() + std::time::Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms))
+    tokio::time::Instant::now()
+        + std::time::Duration::from_millis(deadline_epoch_ms.saturating_sub(now_ms))
 }

@@ -20,7 +20,10 @@ pub struct KinesisAlertStream {
 impl KinesisAlertStream {
     /// Alerts to `stream`.
     pub fn new(client: Client, stream: impl Into<String>) -> Self {
-        Self { client, stream: stream.into() }
+        Self {
+            client,
+            stream: stream.into(),
+        }
     }
 }
 
@@ -32,11 +35,27 @@ impl AlertStream for KinesisAlertStream {
         let mut entries = Vec::with_capacity(alerts.len());
         for a in alerts {
             let data = serde_json::to_vec(a).map_err(|e| StoreError::Fatal(Box::new(e)))?;
-            entries.push(PutRecordsRequestEntry::builder().partition_key(&a.subject).data(Blob::new(data)).build().map_err(|e| StoreError::Fatal(Box::new(e)))?);
+            entries.push(
+                PutRecordsRequestEntry::builder()
+                    .partition_key(&a.subject)
+                    .data(Blob::new(data))
+                    .build()
+                    .map_err(|e| StoreError::Fatal(Box::new(e)))?,
+            );
         }
-        let out = self.client.put_records().stream_name(&self.stream).set_records(Some(entries)).send().await.map_err(classify)?;
+        let out = self
+            .client
+            .put_records()
+            .stream_name(&self.stream)
+            .set_records(Some(entries))
+            .send()
+            .await
+            .map_err(classify)?;
         if out.failed_record_count().unwrap_or(0) > 0 {
-            return Err(StoreError::transient(format!("{} alerts not accepted by the output stream", out.failed_record_count().unwrap_or(0))));
+            return Err(StoreError::transient(format!(
+                "{} alerts not accepted by the output stream",
+                out.failed_record_count().unwrap_or(0)
+            )));
         }
         Ok(())
     }

@@ -422,7 +422,12 @@ impl<Q: Quarantine> BatchProcessor<Q> {
             shard_id: m.shard_id.to_string(),
             sequence_number: m.pos.seq.to_string(),
             sub_sequence_number: m.pos.sub,
-            partition_key: m.partition_key.clone(),
+            // A producer that keys by card number must not have it copied into the queue.
+            partition_key: if crate::event::looks_like_pan(&m.partition_key) {
+                "[redacted]".to_owned()
+            } else {
+                m.partition_key.clone()
+            },
             arrival_ms: m.arrival_ms,
             reason_text: p.reason.to_string(),
             reason: p.reason,

@@ -80,24 +80,39 @@ pub enum Put {
 /// Per-card fraud profiles.
 pub trait ProfileStore: Send + Sync {
     /// Reads up to [`MAX_BATCH_GET`] profiles in one request, strongly consistent.
-    fn get_profiles(&self, cards: &[String]) -> impl Future<Output = Result<BatchRead<crate::fraud::profile::CardProfile>, StoreError>> + Send;
+    fn get_profiles(
+        &self,
+        cards: &[String],
+    ) -> impl Future<Output = Result<BatchRead<crate::fraud::profile::CardProfile>, StoreError>> + Send;
     /// Reads one profile, strongly consistent.
-    fn get_profile(&self, card: &str) -> impl Future<Output = Result<Option<crate::fraud::profile::CardProfile>, StoreError>> + Send;
+    fn get_profile(
+        &self,
+        card: &str,
+    ) -> impl Future<Output = Result<Option<crate::fraud::profile::CardProfile>, StoreError>> + Send;
     /// Writes `profile` (whose `version` is already the new one) only if the stored
     /// version is `expected` (`None`: only if no profile is stored).
-    fn put_profile(&self, profile: &crate::fraud::profile::CardProfile, expected: Option<u64>) -> impl Future<Output = Result<Put, StoreError>> + Send;
+    fn put_profile(
+        &self,
+        profile: &crate::fraud::profile::CardProfile,
+        expected: Option<u64>,
+    ) -> impl Future<Output = Result<Put, StoreError>> + Send;
 }
 
 /// Where alerts are stored: idempotent by `alert_id`.
 pub trait AlertSink: Send + Sync {
     /// Writes up to [`MAX_BATCH_WRITE`] alerts in one request; all or an error.
-    fn put_alerts(&self, alerts: &[crate::alert::Alert]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn put_alerts(
+        &self,
+        alerts: &[crate::alert::Alert],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Where the current rule set is stored, if anywhere.
 pub trait RuleSource: Send + Sync {
     /// The stored rule set, `None` when none is stored.
-    fn load_rules(&self) -> impl Future<Output = Result<Option<crate::fraud::rules::RuleSet>, StoreError>> + Send;
+    fn load_rules(
+        &self,
+    ) -> impl Future<Output = Result<Option<crate::fraud::rules::RuleSet>, StoreError>> + Send;
 }
 
 /// A rule source with nothing stored: the default rule set stays in force.
@@ -113,7 +128,10 @@ impl RuleSource for NoRuleSource {
 /// An optional output stream for alerts (at least once; consumers dedupe by `alert_id`).
 pub trait AlertStream: Send + Sync {
     /// Publishes the alerts.
-    fn publish(&self, alerts: &[crate::alert::Alert]) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn publish(
+        &self,
+        alerts: &[crate::alert::Alert],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// No output stream configured.
@@ -123,5 +141,38 @@ pub struct NoAlertStream;
 impl AlertStream for NoAlertStream {
     async fn publish(&self, _alerts: &[crate::alert::Alert]) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+impl<P: ProfileStore> ProfileStore for &P {
+    fn get_profiles(
+        &self,
+        cards: &[String],
+    ) -> impl Future<Output = Result<BatchRead<crate::fraud::profile::CardProfile>, StoreError>> + Send
+    {
+        (**self).get_profiles(cards)
+    }
+    fn get_profile(
+        &self,
+        card: &str,
+    ) -> impl Future<Output = Result<Option<crate::fraud::profile::CardProfile>, StoreError>> + Send
+    {
+        (**self).get_profile(card)
+    }
+    fn put_profile(
+        &self,
+        profile: &crate::fraud::profile::CardProfile,
+        expected: Option<u64>,
+    ) -> impl Future<Output = Result<Put, StoreError>> + Send {
+        (**self).put_profile(profile, expected)
+    }
+}
+
+impl<A: AlertSink> AlertSink for &A {
+    fn put_alerts(
+        &self,
+        alerts: &[crate::alert::Alert],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).put_alerts(alerts)
     }
 }

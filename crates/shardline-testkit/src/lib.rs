@@ -6,7 +6,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use shardline_core::StoreError;
-use shardline_core::ports::{Quarantine, QuarantineEntry};
+use shardline_core::alert::Alert;
+use shardline_core::fraud::profile::CardProfile;
+use shardline_core::ports::{
+    AlertSink, BatchRead, MAX_BATCH_GET, MAX_BATCH_WRITE, ProfileStore, Put, Quarantine,
+    QuarantineEntry,
+};
 
 /// The repository root (where `events/` and `template.yaml` live).
 pub fn repo_root() -> PathBuf {
@@ -64,6 +69,151 @@ impl Quarantine for MemQuarantine {
             .lock()
             .expect("quarantine lock")
             .extend_from_slice(entries);
+        Ok(())
+    }
+}
+
+/// Calls made to the in-memory stores, one per would-be DynamoDB request.
+#[derive(Debug, Default)]
+pub struct Calls {
+    /// BatchGetItem-equivalent calls.
+    pub batch_gets: AtomicU32,
+    /// GetItem-equivalent calls.
+    pub gets: AtomicU32,
+    /// Conditional PutItem-equivalent calls.
+    pub puts: AtomicU32,
+    /// BatchWriteItem-equivalent calls.
+    pub batch_writes: AtomicU32,
+}
+
+impl Calls {
+    /// (batch gets, gets, puts, batch writes) so far.
+    pub fn snapshot(&self) -> (u32, u32, u32, u32) {
+        (
+            self.batch_gets.load(Ordering::SeqCst),
+            self.gets.load(Ordering::SeqCst),
+            self.puts.load(Ordering::SeqCst),
+            self.batch_writes.load(Ordering::SeqCst),
+        )
+    }
+
+    /// Sets every counter back to zero.
+    pub fn reset(&self) {
+        for c in [&self.batch_gets, &self.gets, &self.puts, &self.batch_writes] {
+            c.store(0, Ordering::SeqCst);
+        }
+    }
+}
+
+/// In-memory card profiles with DynamoDB's semantics: batch reads of at most 100 keys,
+/// version-conditioned writes.
+#[derive(Debug, Default)]
+pub struct MemProfiles {
+    items: Mutex<std::collections::BTreeMap<String, CardProfile>>,
+    /// Requests made.
+    pub calls: Calls,
+    /// Injected faults (on every call).
+    pub faults: Faults,
+    /// Cards reported as unprocessed by the next batch read.
+    pub unprocessed_once: Mutex<Vec<String>>,
+    /// A profile another writer stores just before our next write lands (a lost race).
+    pub race_once: Mutex<Option<CardProfile>>,
+}
+
+impl MemProfiles {
+    /// Every stored profile, by card.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, CardProfile> {
+        self.items.lock().expect("profiles lock").clone()
+    }
+
+    /// Overwrites a stored profile (simulates another writer).
+    pub fn force(&self, p: CardProfile) {
+        self.items
+            .lock()
+            .expect("profiles lock")
+            .insert(p.card_token.clone(), p);
+    }
+}
+
+impl ProfileStore for MemProfiles {
+    async fn get_profiles(&self, cards: &[String]) -> Result<BatchRead<CardProfile>, StoreError> {
+        self.calls.batch_gets.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            cards.len() <= MAX_BATCH_GET,
+            "BatchGetItem takes at most 100 keys"
+        );
+        self.faults.check("get_profiles")?;
+        let unprocessed: Vec<String> =
+            std::mem::take(&mut *self.unprocessed_once.lock().expect("lock"));
+        let items = self.items.lock().expect("profiles lock");
+        let found = cards
+            .iter()
+            .filter(|c| !unprocessed.contains(c))
+            .filter_map(|c| items.get(c).cloned())
+            .collect();
+        let unprocessed = cards
+            .iter()
+            .filter(|c| unprocessed.contains(c))
+            .cloned()
+            .collect();
+        Ok(BatchRead { found, unprocessed })
+    }
+
+    async fn get_profile(&self, card: &str) -> Result<Option<CardProfile>, StoreError> {
+        self.calls.gets.fetch_add(1, Ordering::SeqCst);
+        self.faults.check("get_profile")?;
+        Ok(self.items.lock().expect("profiles lock").get(card).cloned())
+    }
+
+    async fn put_profile(
+        &self,
+        profile: &CardProfile,
+        expected: Option<u64>,
+    ) -> Result<Put, StoreError> {
+        self.calls.puts.fetch_add(1, Ordering::SeqCst);
+        self.faults.check("put_profile")?;
+        let mut items = self.items.lock().expect("profiles lock");
+        if let Some(other) = self.race_once.lock().expect("lock").take() {
+            items.insert(other.card_token.clone(), other);
+        }
+        let stored = items.get(&profile.card_token).map(|p| p.version);
+        if stored != expected {
+            return Ok(Put::Conflict);
+        }
+        items.insert(profile.card_token.clone(), profile.clone());
+        Ok(Put::Written)
+    }
+}
+
+/// In-memory alerts table, keyed by alert id.
+#[derive(Debug, Default)]
+pub struct MemAlerts {
+    items: Mutex<std::collections::BTreeMap<String, Alert>>,
+    /// Requests made (`batch_writes`).
+    pub calls: Calls,
+    /// Injected faults.
+    pub faults: Faults,
+}
+
+impl MemAlerts {
+    /// Every stored alert, by id.
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, Alert> {
+        self.items.lock().expect("alerts lock").clone()
+    }
+}
+
+impl AlertSink for MemAlerts {
+    async fn put_alerts(&self, alerts: &[Alert]) -> Result<(), StoreError> {
+        self.calls.batch_writes.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            alerts.len() <= MAX_BATCH_WRITE,
+            "BatchWriteItem takes at most 25 items"
+        );
+        self.faults.check("put_alerts")?;
+        let mut items = self.items.lock().expect("alerts lock");
+        for a in alerts {
+            items.insert(a.alert_id.clone(), a.clone());
+        }
         Ok(())
     }
 }

@@ -19,9 +19,18 @@ pub const ENV_ALERT_THRESHOLD: &str = "ALERT_THRESHOLD";
 pub const ENV_RULES_TTL_SECONDS: &str = "RULES_TTL_SECONDS";
 
 /// Variables the function must be given.
-pub const REQUIRED_ENV: &[&str] = &[ENV_PROFILES_TABLE, ENV_ALERTS_TABLE, ENV_CONFIG_TABLE, ENV_QUARANTINE_QUEUE_URL];
+pub const REQUIRED_ENV: &[&str] = &[
+    ENV_PROFILES_TABLE,
+    ENV_ALERTS_TABLE,
+    ENV_CONFIG_TABLE,
+    ENV_QUARANTINE_QUEUE_URL,
+];
 /// Variables the function reads when present.
-pub const OPTIONAL_ENV: &[&str] = &[ENV_ALERTS_STREAM, ENV_ALERT_THRESHOLD, ENV_RULES_TTL_SECONDS];
+pub const OPTIONAL_ENV: &[&str] = &[
+    ENV_ALERTS_STREAM,
+    ENV_ALERT_THRESHOLD,
+    ENV_RULES_TTL_SECONDS,
+];
 
 /// A configuration problem, naming the variable.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +77,11 @@ impl Config {
 
     /// Reads the configuration through `get` (tests pass a map).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let req = |name: &'static str| get(name).filter(|v| !v.is_empty()).ok_or(ConfigError::Missing(name));
+        let req = |name: &'static str| {
+            get(name)
+                .filter(|v| !v.is_empty())
+                .ok_or(ConfigError::Missing(name))
+        };
         let opt = |name: &'static str| get(name).filter(|v| !v.is_empty());
         let parse = |name: &'static str, v: String| {
             v.parse::<u32>().map_err(|e| ConfigError::Invalid {
@@ -83,8 +96,15 @@ impl Config {
             config_table: req(ENV_CONFIG_TABLE)?,
             quarantine_queue_url: req(ENV_QUARANTINE_QUEUE_URL)?,
             alerts_stream: opt(ENV_ALERTS_STREAM),
-            alert_threshold: opt(ENV_ALERT_THRESHOLD).map(|v| parse(ENV_ALERT_THRESHOLD, v)).transpose()?,
-            rules_ttl: Duration::from_secs(u64::from(opt(ENV_RULES_TTL_SECONDS).map(|v| parse(ENV_RULES_TTL_SECONDS, v)).transpose()?.unwrap_or(60))),
+            alert_threshold: opt(ENV_ALERT_THRESHOLD)
+                .map(|v| parse(ENV_ALERT_THRESHOLD, v))
+                .transpose()?,
+            rules_ttl: Duration::from_secs(u64::from(
+                opt(ENV_RULES_TTL_SECONDS)
+                    .map(|v| parse(ENV_RULES_TTL_SECONDS, v))
+                    .transpose()?
+                    .unwrap_or(60),
+            )),
         })
     }
 }
@@ -96,7 +116,10 @@ mod tests {
     #[test]
     fn missing_variable_names_itself() {
         let err = Config::from_lookup(|_| None).unwrap_err();
-        assert_eq!(err.to_string(), "environment variable PROFILES_TABLE is not set");
+        assert_eq!(
+            err.to_string(),
+            "environment variable PROFILES_TABLE is not set"
+        );
     }
 
     #[test]
@@ -104,6 +127,7 @@ mod tests {
         let c = Config::from_lookup(|k| match k {
             ENV_ALERT_THRESHOLD => Some("700".into()),
             ENV_ALERTS_STREAM => Some(String::new()),
+            ENV_RULES_TTL_SECONDS => None,
             _ => Some(format!("v-{k}")),
         })
         .unwrap();
@@ -114,7 +138,14 @@ mod tests {
 
     #[test]
     fn bad_number_is_reported() {
-        let err = Config::from_lookup(|k| if k == ENV_ALERT_THRESHOLD { Some("high".into()) } else { Some("x".into()) }).unwrap_err();
+        let err = Config::from_lookup(|k| {
+            if k == ENV_ALERT_THRESHOLD {
+                Some("high".into())
+            } else {
+                Some("x".into())
+            }
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("ALERT_THRESHOLD"));
     }
 }

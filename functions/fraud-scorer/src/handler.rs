@@ -18,7 +18,10 @@ use shardline_core::batch::{BatchConfig, BatchOutcome, BatchProcessor, Item, Key
 use shardline_core::fraud::profile::CardProfile;
 use shardline_core::fraud::rules::{RuleCache, RuleSet};
 use shardline_core::fraud::{CardOutcome, apply_card};
-use shardline_core::ports::{AlertSink, AlertStream, MAX_BATCH_GET, MAX_BATCH_WRITE, ProfileStore, Put, Quarantine, RuleSource};
+use shardline_core::ports::{
+    AlertSink, AlertStream, MAX_BATCH_GET, MAX_BATCH_WRITE, ProfileStore, Put, Quarantine,
+    RuleSource,
+};
 use shardline_core::{DecodeLimits, ErrorClass, InRecord, StoreError, Txn};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -144,24 +147,41 @@ where
     }
 
     /// Handles one invocation payload (a Lambda Kinesis event, raw JSON).
-    pub async fn handle(&self, payload: &[u8], deadline: Option<Instant>) -> Result<Report, HandlerError> {
+    pub async fn handle(
+        &self,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<Report, HandlerError> {
         let records = decode_event_json(payload, &self.settings.limits)?;
         Ok(self.handle_records(&records, deadline).await)
     }
 
     /// Handles decoded records.
-    pub async fn handle_records(&self, records: &[InRecord<Txn>], deadline: Option<Instant>) -> Report {
+    pub async fn handle_records(
+        &self,
+        records: &[InRecord<Txn>],
+        deadline: Option<Instant>,
+    ) -> Report {
         let rules = self.current_rules().await;
         let mut by_card: HashMap<&str, Vec<Item<'_, Txn>>> = HashMap::new();
         for r in records {
             if let Ok(body) = &r.body {
-                by_card.entry(body.card_token.as_str()).or_default().push(Item { meta: &r.meta, body });
+                by_card
+                    .entry(body.card_token.as_str())
+                    .or_default()
+                    .push(Item {
+                        meta: &r.meta,
+                        body,
+                    });
             }
         }
         for items in by_card.values_mut() {
             items.sort_by(|a, b| a.meta.pos.cmp(&b.meta.pos));
         }
-        let work: HashMap<&str, Mutex<CardWork>> = by_card.keys().map(|c| (*c, Mutex::new(CardWork::default()))).collect();
+        let work: HashMap<&str, Mutex<CardWork>> = by_card
+            .keys()
+            .map(|c| (*c, Mutex::new(CardWork::default())))
+            .collect();
 
         self.prefetch(&work).await;
         // Score every card whose profile is in hand, in memory.
@@ -175,7 +195,9 @@ where
 
         let outcome = self
             .processor
-            .process_keyed(records, deadline, |items| self.commit_key(items, &work, &rules))
+            .process_keyed(records, deadline, |items| {
+                self.commit_key(items, &work, &rules)
+            })
             .await;
 
         let mut report = Report {
@@ -215,7 +237,9 @@ where
                     cache.refreshed(now, loaded);
                 }
                 // Keep scoring with the rules in hand; try again at the next invocation.
-                Err(e) => tracing::warn!(error = %e, "Rule set reload failed; keeping the current rules."),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Rule set reload failed; keeping the current rules.")
+                }
             }
         }
         cache.current().clone()
@@ -233,7 +257,11 @@ where
                 attempt += 1;
                 match self.profiles.get_profiles(&pending).await {
                     Ok(read) => {
-                        let mut found: HashMap<String, CardProfile> = read.found.into_iter().map(|p| (p.card_token.clone(), p)).collect();
+                        let mut found: HashMap<String, CardProfile> = read
+                            .found
+                            .into_iter()
+                            .map(|p| (p.card_token.clone(), p))
+                            .collect();
                         for card in &pending {
                             if read.unprocessed.contains(card) {
                                 continue;
@@ -274,7 +302,8 @@ where
         }
         let mut failed_cards: Vec<String> = Vec::new();
         for chunk in all.chunks(MAX_BATCH_WRITE) {
-            let ok = self.alerts.put_alerts(chunk).await.is_ok() && self.stream.publish(chunk).await.is_ok();
+            let ok = self.alerts.put_alerts(chunk).await.is_ok()
+                && self.stream.publish(chunk).await.is_ok();
             if !ok {
                 failed_cards.extend(chunk.iter().filter_map(|a| a.card_token.clone()));
             }
@@ -292,7 +321,12 @@ where
 
     /// Makes one partition key's cards durable: alerts (if still pending), then the
     /// profile with a version condition.
-    async fn commit_key(&self, items: Vec<Item<'_, Txn>>, work: &HashMap<&str, Mutex<CardWork>>, rules: &RuleSet) -> Result<(), KeyFailure> {
+    async fn commit_key(
+        &self,
+        items: Vec<Item<'_, Txn>>,
+        work: &HashMap<&str, Mutex<CardWork>>,
+        rules: &RuleSet,
+    ) -> Result<(), KeyFailure> {
         let mut cards: Vec<&str> = Vec::new();
         for it in &items {
             if !cards.contains(&it.body.card_token.as_str()) {
@@ -300,14 +334,29 @@ where
             }
         }
         for card in cards {
-            let first = items.iter().position(|i| i.body.card_token == card).unwrap_or(0);
-            let card_items: Vec<Item<'_, Txn>> = items.iter().filter(|i| i.body.card_token == card).copied().collect();
-            self.commit_card(card, &card_items, &work[card], rules).await.map_err(|e| KeyFailure::at(first, e))?;
+            let first = items
+                .iter()
+                .position(|i| i.body.card_token == card)
+                .unwrap_or(0);
+            let card_items: Vec<Item<'_, Txn>> = items
+                .iter()
+                .filter(|i| i.body.card_token == card)
+                .copied()
+                .collect();
+            self.commit_card(card, &card_items, &work[card], rules)
+                .await
+                .map_err(|e| KeyFailure::at(first, e))?;
         }
         Ok(())
     }
 
-    async fn commit_card(&self, card: &str, items: &[Item<'_, Txn>], work: &Mutex<CardWork>, rules: &RuleSet) -> Result<(), StoreError> {
+    async fn commit_card(
+        &self,
+        card: &str,
+        items: &[Item<'_, Txn>],
+        work: &Mutex<CardWork>,
+        rules: &RuleSet,
+    ) -> Result<(), StoreError> {
         let mut st = work.lock().await;
         for _ in 0..MAX_CONFLICTS {
             if st.written {
@@ -327,7 +376,9 @@ where
                 st.alerts_durable = c.alerts.is_empty();
                 st.computed = Some(c);
             }
-            let Some(c) = st.computed.clone() else { continue };
+            let Some(c) = st.computed.clone() else {
+                continue;
+            };
             if !c.changed {
                 st.written = true;
                 return Ok(());
@@ -347,12 +398,17 @@ where
                     return Ok(());
                 }
                 Put::Conflict => {
-                    tracing::debug!(shard_records = items.len(), "Profile changed under us; re-reading.");
+                    tracing::debug!(
+                        shard_records = items.len(),
+                        "Profile changed under us; re-reading."
+                    );
                     st.loaded = None;
                     st.computed = None;
                 }
             }
         }
-        Err(StoreError::transient(format!("profile write lost {MAX_CONFLICTS} races in a row")))
+        Err(StoreError::transient(format!(
+            "profile write lost {MAX_CONFLICTS} races in a row"
+        )))
     }
 }

@@ -6,11 +6,11 @@ use std::time::Instant;
 use fraud_scorer::{Config, FUNCTION, Scorer, ScorerSettings, Stores};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::value::RawValue;
+use shardline_aws::SqsQuarantine;
 use shardline_aws::dynamo::{DynamoAlertSink, DynamoProfileStore, DynamoRuleSource};
 use shardline_aws::sdk::{deadline_instant, load_sdk_config};
 use shardline_aws::stream::{KinesisAlertStream, MaybeAlertStream};
 use shardline_aws::telemetry::{BatchProcessed, init_tracing};
-use shardline_aws::SqsQuarantine;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -19,35 +19,59 @@ async fn main() -> Result<(), Error> {
     let sdk = load_sdk_config().await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let stream = match &cfg.alerts_stream {
-        Some(name) => MaybeAlertStream::Kinesis(KinesisAlertStream::new(aws_sdk_kinesis::Client::new(&sdk), name)),
+        Some(name) => MaybeAlertStream::Kinesis(KinesisAlertStream::new(
+            aws_sdk_kinesis::Client::new(&sdk),
+            name,
+        )),
         None => MaybeAlertStream::None,
     };
     let scorer = Scorer::new(
         Stores {
             profiles: DynamoProfileStore::new(ddb.clone(), &cfg.profiles_table),
             alerts: DynamoAlertSink::new(ddb.clone(), &cfg.alerts_table),
-            quarantine: SqsQuarantine::new(aws_sdk_sqs::Client::new(&sdk), &cfg.quarantine_queue_url),
+            quarantine: SqsQuarantine::new(
+                aws_sdk_sqs::Client::new(&sdk),
+                &cfg.quarantine_queue_url,
+            ),
             rules: DynamoRuleSource::new(ddb, &cfg.config_table),
             stream,
         },
-        ScorerSettings { rules_ttl: cfg.rules_ttl, threshold_override: cfg.alert_threshold, ..ScorerSettings::default() },
+        ScorerSettings {
+            rules_ttl: cfg.rules_ttl,
+            threshold_override: cfg.alert_threshold,
+            ..ScorerSettings::default()
+        },
     );
     let scorer = &scorer;
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Box<RawValue>>| async move {
-        let started = Instant::now();
-        let deadline = deadline_instant(event.context.deadline);
-        let report = scorer.handle(event.payload.get().as_bytes(), Some(deadline)).await?;
-        let mut metrics = BatchProcessed::from_outcome(FUNCTION, &report.outcome, started.elapsed().as_secs_f64() * 1e3);
-        metrics.extra = vec![
-            ("Alerts", report.alerts as f64),
-            ("Scored", report.scored as f64),
-            ("BelowThreshold", report.below_threshold as f64),
-            ("Replayed", report.replayed as f64),
-            ("Duplicates", report.duplicates as f64),
-        ];
-        metrics.emit();
-        tracing::info!(records = report.outcome.records, alerts = report.alerts, quarantined = report.outcome.quarantined, failed = report.outcome.failed.len(), "Batch processed.");
-        Ok::<_, Error>(report.response)
-    }))
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<Box<RawValue>>| async move {
+            let started = Instant::now();
+            let deadline = deadline_instant(event.context.deadline);
+            let report = scorer
+                .handle(event.payload.get().as_bytes(), Some(deadline))
+                .await?;
+            let mut metrics = BatchProcessed::from_outcome(
+                FUNCTION,
+                &report.outcome,
+                started.elapsed().as_secs_f64() * 1e3,
+            );
+            metrics.extra = vec![
+                ("Alerts", report.alerts as f64),
+                ("Scored", report.scored as f64),
+                ("BelowThreshold", report.below_threshold as f64),
+                ("Replayed", report.replayed as f64),
+                ("Duplicates", report.duplicates as f64),
+            ];
+            metrics.emit();
+            tracing::info!(
+                records = report.outcome.records,
+                alerts = report.alerts,
+                quarantined = report.outcome.quarantined,
+                failed = report.outcome.failed.len(),
+                "Batch processed."
+            );
+            Ok::<_, Error>(report.response)
+        },
+    ))
     .await
 }

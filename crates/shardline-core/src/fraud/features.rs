@@ -116,7 +116,9 @@ pub fn amount_z(p: &CardProfile, t: &Txn) -> f64 {
 /// Speed from the previous event's place to this one, km/h. Events closer than a
 /// minute count as a minute apart, so one GPS jump cannot make an infinite speed.
 pub fn travel_kmh(p: &CardProfile, t: &Txn) -> f64 {
-    let Some(last) = p.last_time_ms else { return 0.0 };
+    let Some(last) = p.last_time_ms else {
+        return 0.0;
+    };
     if t.event_time_ms < last {
         return 0.0;
     }
@@ -144,7 +146,11 @@ pub fn tiny_merchants_10m(p: &CardProfile, t: &Txn) -> u32 {
     let mut merchants: Vec<&str> = p
         .recent
         .iter()
-        .filter(|r| r.amt <= TINY_AMOUNT_MINOR && r.t > t.event_time_ms - CARD_TESTING_WINDOW_MS && r.t <= t.event_time_ms)
+        .filter(|r| {
+            r.amt <= TINY_AMOUNT_MINOR
+                && r.t > t.event_time_ms - CARD_TESTING_WINDOW_MS
+                && r.t <= t.event_time_ms
+        })
         .map(|r| r.m.as_str())
         .collect();
     if t.amount_minor <= TINY_AMOUNT_MINOR {
@@ -165,8 +171,16 @@ pub fn decline_streak(p: &CardProfile, t: &Txn) -> u32 {
 
 /// Transactions in the last hour when the card is less than an hour old.
 pub fn new_card_burst(p: &CardProfile, t: &Txn, count_1h: u32) -> u32 {
-    let first = if p.txn_count == 0 { t.event_time_ms } else { p.first_seen_ms };
-    if t.event_time_ms - first < 3_600_000 { count_1h } else { 0 }
+    let first = if p.txn_count == 0 {
+        t.event_time_ms
+    } else {
+        p.first_seen_ms
+    };
+    if t.event_time_ms - first < 3_600_000 {
+        count_1h
+    } else {
+        0
+    }
 }
 
 /// Every feature of `t` against profile `p` (before `t` is folded in).
@@ -205,7 +219,11 @@ mod tests {
             amount_minor: amt,
             currency: "USD".into(),
             event_time_ms: t,
-            location: Location { lat: 40.71, lon: -74.0, country: "US".into() },
+            location: Location {
+                lat: 40.71,
+                lon: -74.0,
+                country: "US".into(),
+            },
             channel: Channel::Pos,
             auth_result: AuthResult::Approved,
         }
@@ -214,7 +232,12 @@ mod tests {
     fn history(n: u32) -> CardProfile {
         let mut p = CardProfile::new("tok");
         for i in 0..n {
-            p.update(&txn(i, T0 - 86_400_000 + i64::from(i) * 3_600_000, 2_000 + i64::from(i % 3) * 500, "m-home"));
+            p.update(&txn(
+                i,
+                T0 - 86_400_000 + i64::from(i) * 3_600_000,
+                2_000 + i64::from(i % 3) * 500,
+                "m-home",
+            ));
         }
         p
     }
@@ -242,7 +265,11 @@ mod tests {
         let mut p = CardProfile::new("tok");
         p.update(&txn(1, T0 - 3_600_000, 1_000, "a"));
         let mut paris = txn(2, T0, 1_000, "b");
-        paris.location = Location { lat: 48.85, lon: 2.35, country: "FR".into() };
+        paris.location = Location {
+            lat: 48.85,
+            lon: 2.35,
+            country: "FR".into(),
+        };
         let kmh = travel_kmh(&p, &paris);
         assert!((5_700.0..5_900.0).contains(&kmh), "{kmh}");
         // Same city: no travel.
@@ -271,7 +298,10 @@ mod tests {
         p.update(&txn(8, T0 - 30_000, 9_000, "big"));
         assert_eq!(tiny_merchants_10m(&p, &txn(9, T0, 50, "d")), 4);
         assert_eq!(tiny_merchants_10m(&p, &txn(9, T0, 5_000, "d")), 3);
-        assert_eq!(tiny_merchants_10m(&p, &txn(9, T0 + 20 * 60_000, 50, "d")), 1);
+        assert_eq!(
+            tiny_merchants_10m(&p, &txn(9, T0 + 20 * 60_000, 50, "d")),
+            1
+        );
     }
 
     #[test]
@@ -302,7 +332,10 @@ mod tests {
             p.update(&txn(i, T0 - 600_000 + i64::from(i), 100, "a"));
         }
         assert_eq!(compute(&p, &txn(9, T0, 100, "a")).new_card_burst, 5);
-        assert_eq!(compute(&history(10), &txn(9, T0, 100, "a")).new_card_burst, 0);
+        assert_eq!(
+            compute(&history(10), &txn(9, T0, 100, "a")).new_card_burst,
+            0
+        );
     }
 
     #[test]

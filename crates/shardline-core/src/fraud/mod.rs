@@ -107,7 +107,11 @@ mod tests {
             amount_minor: 1_000,
             currency: "USD".into(),
             event_time_ms: 1_764_140_400_000 + i64::from(i) * 600_000,
-            location: Location { lat, lon: 0.0, country: country.into() },
+            location: Location {
+                lat,
+                lon: 0.0,
+                country: country.into(),
+            },
             channel: Channel::Pos,
             auth_result: AuthResult::Approved,
         }
@@ -118,10 +122,18 @@ mod tests {
         let rules = RuleSet::default_rules();
         let metas: Vec<RecordMeta> = (0..3).map(|i| meta("shardId-1", i)).collect();
         let txns = [txn(0, 0.0, "US"), txn(1, 0.0, "US"), txn(2, 60.0, "NO")];
-        let items: Vec<Item<'_, Txn>> = metas.iter().zip(&txns).map(|(meta, body)| Item { meta, body }).collect();
+        let items: Vec<Item<'_, Txn>> = metas
+            .iter()
+            .zip(&txns)
+            .map(|(meta, body)| Item { meta, body })
+            .collect();
         let first = apply_card(CardProfile::new("tok"), &items, &rules);
         assert_eq!(first.scored, 3);
-        assert_eq!(first.alerts.len(), 1, "60 degrees of latitude in 10 minutes");
+        assert_eq!(
+            first.alerts.len(),
+            1,
+            "60 degrees of latitude in 10 minutes"
+        );
         assert_eq!(first.alerts[0].reasons, vec!["IMPOSSIBLE_TRAVEL"]);
         let again = apply_card(first.profile.clone(), &items, &rules);
         assert!(!again.changed);
@@ -135,7 +147,16 @@ mod tests {
         let rules = RuleSet::default_rules();
         let metas = [meta("shardId-1", 0), meta("shardId-1", 1)];
         let t = txn(0, 0.0, "US");
-        let items = [Item { meta: &metas[0], body: &t }, Item { meta: &metas[1], body: &t }];
+        let items = [
+            Item {
+                meta: &metas[0],
+                body: &t,
+            },
+            Item {
+                meta: &metas[1],
+                body: &t,
+            },
+        ];
         let out = apply_card(CardProfile::new("tok"), &items, &rules);
         assert_eq!((out.scored, out.duplicates), (1, 1));
         assert_eq!(out.profile.txn_count, 1);

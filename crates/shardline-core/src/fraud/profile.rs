@@ -154,7 +154,12 @@ impl CardProfile {
             },
         );
         let newest = self.recent.back().map_or(t.event_time_ms, |r| r.t);
-        while self.recent.front().is_some_and(|r| r.t <= newest - HORIZON_MS) || self.recent.len() > MAX_RECENT {
+        while self
+            .recent
+            .front()
+            .is_some_and(|r| r.t <= newest - HORIZON_MS)
+            || self.recent.len() > MAX_RECENT
+        {
             self.recent.pop_front();
         }
 

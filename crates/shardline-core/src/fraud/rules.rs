@@ -103,7 +103,8 @@ impl RuleSet {
 
     /// The default rule set shipped in the repository.
     pub fn default_rules() -> Self {
-        Self::from_json(DEFAULT_RULES_JSON).expect("rules/fraud-default.json is checked by a unit test")
+        Self::from_json(DEFAULT_RULES_JSON)
+            .expect("rules/fraud-default.json is checked by a unit test")
     }
 
     /// Checks every rule names a known feature and the threshold is in range.
@@ -168,12 +169,17 @@ pub struct RuleCache {
 impl RuleCache {
     /// A cache starting from `initial`, to be refreshed every `ttl`.
     pub fn new(initial: RuleSet, ttl: Duration) -> Self {
-        Self { current: initial, loaded_at: None, ttl }
+        Self {
+            current: initial,
+            loaded_at: None,
+            ttl,
+        }
     }
 
     /// True when the cached set should be reloaded at `now`.
     pub fn stale(&self, now: Instant) -> bool {
-        self.loaded_at.is_none_or(|at| now.duration_since(at) >= self.ttl)
+        self.loaded_at
+            .is_none_or(|at| now.duration_since(at) >= self.ttl)
     }
 
     /// Records a reload at `now`; `Some` replaces the set, `None` (nothing stored) keeps it.
@@ -211,46 +217,117 @@ mod tests {
 
     #[test]
     fn velocity_rule_fires_at_six_a_minute() {
-        let s = fired(Features { count_1m: 6, ..Default::default() });
-        assert_eq!((s.score, s.reasons.clone()), (400, vec!["VELOCITY_1M".to_string()]));
+        let s = fired(Features {
+            count_1m: 6,
+            ..Default::default()
+        });
+        assert_eq!(
+            (s.score, s.reasons.clone()),
+            (400, vec!["VELOCITY_1M".to_string()])
+        );
         assert_eq!(s.fired["count_1m"], 6.0);
-        assert_eq!(fired(Features { count_1m: 5, ..Default::default() }).score, 0);
-        assert_eq!(fired(Features { count_1m: 10, ..Default::default() }).score, 700);
+        assert_eq!(
+            fired(Features {
+                count_1m: 5,
+                ..Default::default()
+            })
+            .score,
+            0
+        );
+        assert_eq!(
+            fired(Features {
+                count_1m: 10,
+                ..Default::default()
+            })
+            .score,
+            700
+        );
     }
 
     #[test]
     fn impossible_travel_alone_alerts() {
-        let s = fired(Features { travel_kmh: 5_000.0, ..Default::default() });
+        let s = fired(Features {
+            travel_kmh: 5_000.0,
+            ..Default::default()
+        });
         assert!(rules().alerts(&s));
         assert_eq!(s.reasons, vec!["IMPOSSIBLE_TRAVEL"]);
     }
 
     #[test]
     fn card_testing_alone_alerts() {
-        assert!(rules().alerts(&fired(Features { tiny_merchants_10m: 4, ..Default::default() })));
-        assert!(!rules().alerts(&fired(Features { tiny_merchants_10m: 3, ..Default::default() })));
+        assert!(rules().alerts(&fired(Features {
+            tiny_merchants_10m: 4,
+            ..Default::default()
+        })));
+        assert!(!rules().alerts(&fired(Features {
+            tiny_merchants_10m: 3,
+            ..Default::default()
+        })));
     }
 
     #[test]
     fn account_takeover_shape_alerts_but_one_signal_does_not() {
-        let ato = Features { new_country: true, new_merchant: true, amount_z: 4.0, ..Default::default() };
+        let ato = Features {
+            new_country: true,
+            new_merchant: true,
+            amount_z: 4.0,
+            ..Default::default()
+        };
         let s = fired(ato);
         assert_eq!(s.score, 610);
-        assert_eq!(s.reasons, vec!["AMOUNT_SPIKE", "NEW_COUNTRY", "NEW_MERCHANT"]);
-        assert!(!rules().alerts(&fired(Features { new_country: true, ..Default::default() })));
+        assert_eq!(
+            s.reasons,
+            vec!["AMOUNT_SPIKE", "NEW_COUNTRY", "NEW_MERCHANT"]
+        );
+        assert!(!rules().alerts(&fired(Features {
+            new_country: true,
+            ..Default::default()
+        })));
     }
 
     #[test]
     fn decline_streak_high_risk_and_spend_rules() {
-        assert_eq!(fired(Features { decline_streak: 3, ..Default::default() }).reasons, vec!["DECLINE_STREAK"]);
-        assert_eq!(fired(Features { high_risk_mcc: true, ..Default::default() }).score, 150);
-        assert_eq!(fired(Features { sum_1h: 500_000, ..Default::default() }).reasons, vec!["SPEND_1H"]);
-        assert_eq!(fired(Features { new_card_burst: 8, ..Default::default() }).reasons, vec!["NEW_CARD_BURST"]);
+        assert_eq!(
+            fired(Features {
+                decline_streak: 3,
+                ..Default::default()
+            })
+            .reasons,
+            vec!["DECLINE_STREAK"]
+        );
+        assert_eq!(
+            fired(Features {
+                high_risk_mcc: true,
+                ..Default::default()
+            })
+            .score,
+            150
+        );
+        assert_eq!(
+            fired(Features {
+                sum_1h: 500_000,
+                ..Default::default()
+            })
+            .reasons,
+            vec!["SPEND_1H"]
+        );
+        assert_eq!(
+            fired(Features {
+                new_card_burst: 8,
+                ..Default::default()
+            })
+            .reasons,
+            vec!["NEW_CARD_BURST"]
+        );
     }
 
     #[test]
     fn shadow_rule_is_recorded_not_counted() {
-        let s = fired(Features { count_1h: 25, ..Default::default() });
+        let s = fired(Features {
+            count_1h: 25,
+            ..Default::default()
+        });
         assert_eq!(s.score, 0);
         assert_eq!(s.shadow_reasons, vec!["VELOCITY_1H"]);
         assert_eq!(s.fired["count_1h"], 25.0);
@@ -258,16 +335,31 @@ mod tests {
 
     #[test]
     fn score_is_capped_at_1000() {
-        let all = Features { count_1m: 20, travel_kmh: 9e3, tiny_merchants_10m: 9, decline_streak: 9, ..Default::default() };
+        let all = Features {
+            count_1m: 20,
+            travel_kmh: 9e3,
+            tiny_merchants_10m: 9,
+            decline_streak: 9,
+            ..Default::default()
+        };
         assert_eq!(fired(all).score, 1000);
     }
 
     #[test]
     fn bad_rule_sets_are_refused() {
         let unknown = r#"{"version":"x","alert_threshold":500,"rules":[{"id":"r","feature":"nope","op":"gt","value":1,"score":1,"reason":"R"}]}"#;
-        assert!(matches!(RuleSet::from_json(unknown), Err(RuleSetError::UnknownFeature { .. })));
-        assert!(matches!(RuleSet::from_json(r#"{"version":"x","alert_threshold":0,"rules":[]}"#), Err(RuleSetError::BadThreshold(0))));
-        assert!(matches!(RuleSet::from_json("{"), Err(RuleSetError::Json(_))));
+        assert!(matches!(
+            RuleSet::from_json(unknown),
+            Err(RuleSetError::UnknownFeature { .. })
+        ));
+        assert!(matches!(
+            RuleSet::from_json(r#"{"version":"x","alert_threshold":0,"rules":[]}"#),
+            Err(RuleSetError::BadThreshold(0))
+        ));
+        assert!(matches!(
+            RuleSet::from_json("{"),
+            Err(RuleSetError::Json(_))
+        ));
     }
 
     #[test]
