@@ -2,12 +2,14 @@
 //! quarantine, DynamoDB stores, SDK configuration and error classification. Everything
 //! here implements a port of `shardline-core` or translates at the Lambda boundary.
 
+pub mod bootstrap;
 pub mod dynamo;
 pub mod kinesis;
 pub mod quarantine;
 pub mod sdk;
 pub mod stream;
 pub mod telemetry;
+pub mod template;
 
 pub use kinesis::{batch_response, decode_event_json, decode_kinesis_event};
 pub use quarantine::SqsQuarantine;
