@@ -1,6 +1,8 @@
 //! The local emulators through the real AWS SDK: a stream and a table created and used,
 //! and the SQS quarantine adapter writing real messages.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
     ScalarAttributeType,

@@ -62,8 +62,12 @@ fn name_property(ty: &str) -> Option<&'static str> {
 
 fn arn_for(ty: &str, name: &str) -> String {
     match ty {
-        "AWS::Kinesis::Stream" => format!("arn:aws:kinesis:{LOCAL_REGION}:{LOCAL_ACCOUNT}:stream/{name}"),
-        "AWS::DynamoDB::Table" => format!("arn:aws:dynamodb:{LOCAL_REGION}:{LOCAL_ACCOUNT}:table/{name}"),
+        "AWS::Kinesis::Stream" => {
+            format!("arn:aws:kinesis:{LOCAL_REGION}:{LOCAL_ACCOUNT}:stream/{name}")
+        }
+        "AWS::DynamoDB::Table" => {
+            format!("arn:aws:dynamodb:{LOCAL_REGION}:{LOCAL_ACCOUNT}:table/{name}")
+        }
         "AWS::SQS::Queue" => format!("arn:aws:sqs:{LOCAL_REGION}:{LOCAL_ACCOUNT}:{name}"),
         _ => format!("arn:aws:lambda:{LOCAL_REGION}:{LOCAL_ACCOUNT}:function:{name}"),
     }
@@ -73,7 +77,10 @@ impl Template {
     /// Reads and parses a template file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, TemplateError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Io { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| TemplateError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&text)
     }
 
@@ -88,7 +95,11 @@ impl Template {
                 }
             }
         }
-        let mut t = Self { raw, params, physical: BTreeMap::new() };
+        let mut t = Self {
+            raw,
+            params,
+            physical: BTreeMap::new(),
+        };
         t.compute_physical()?;
         Ok(t)
     }
@@ -111,6 +122,14 @@ impl Template {
         }
     }
 
+    /// Sets a resource's ARN as the endpoint reports it (an emulator's account id may
+    /// differ from [`LOCAL_ACCOUNT`]).
+    pub fn set_arn(&mut self, logical: &str, arn: String) {
+        if let Some(p) = self.physical.get_mut(logical) {
+            p.arn = arn;
+        }
+    }
+
     /// Physical identities of the named resources.
     pub fn physical(&self) -> &BTreeMap<String, Physical> {
         &self.physical
@@ -123,10 +142,17 @@ impl Template {
 
     /// Resources of a type: (logical id, resolved properties).
     pub fn resources_of_type(&self, ty: &str) -> Vec<(String, Value)> {
-        let Some(res) = self.raw.get("Resources").and_then(Value::as_object) else { return Vec::new() };
+        let Some(res) = self.raw.get("Resources").and_then(Value::as_object) else {
+            return Vec::new();
+        };
         res.iter()
             .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some(ty))
-            .map(|(k, r)| (k.clone(), self.resolve(r.get("Properties").unwrap_or(&Value::Null))))
+            .map(|(k, r)| {
+                (
+                    k.clone(),
+                    self.resolve(r.get("Properties").unwrap_or(&Value::Null)),
+                )
+            })
             .collect()
     }
 
@@ -137,27 +163,44 @@ impl Template {
 
     fn compute_physical(&mut self) -> Result<(), TemplateError> {
         let mut physical = BTreeMap::new();
-        let resources = self.raw.get("Resources").and_then(Value::as_object).cloned().unwrap_or_default();
+        let resources = self
+            .raw
+            .get("Resources")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
         for (logical, r) in &resources {
             let ty = r.get("Type").and_then(Value::as_str).unwrap_or_default();
-            let Some(prop) = name_property(ty) else { continue };
+            let Some(prop) = name_property(ty) else {
+                continue;
+            };
             let name = match r.get("Properties").and_then(|p| p.get(prop)) {
                 Some(v) => scalar(&self.resolve(v)),
                 None => logical.clone(),
             };
-            let old_ref = self.physical.get(logical).map(|p| p.reference.clone());
-            let reference = match (ty, old_ref) {
-                ("AWS::SQS::Queue", Some(url)) if url.starts_with("http") => url,
-                _ => name.clone(),
-            };
-            physical.insert(logical.clone(), Physical { reference, arn: arn_for(ty, &name) });
+            // A queue's URL and ARN, once the endpoint has told them, are kept.
+            let known = self
+                .physical
+                .get(logical)
+                .filter(|p| ty == "AWS::SQS::Queue" && p.reference.starts_with("http"))
+                .cloned();
+            let p = known.unwrap_or_else(|| Physical {
+                reference: name.clone(),
+                arn: arn_for(ty, &name),
+            });
+            physical.insert(logical.clone(), p);
         }
         self.physical = physical;
         Ok(())
     }
 
     fn condition(&self, name: &str) -> bool {
-        let cond = self.raw.get("Conditions").and_then(|c| c.get(name)).cloned().unwrap_or(Value::Bool(false));
+        let cond = self
+            .raw
+            .get("Conditions")
+            .and_then(|c| c.get(name))
+            .cloned()
+            .unwrap_or(Value::Bool(false));
         truthy(&self.resolve(&cond))
     }
 
@@ -174,16 +217,26 @@ impl Template {
                             Value::Array(a) => a.iter().map(scalar).collect(),
                             other => scalar(other).splitn(2, '.').map(str::to_owned).collect(),
                         };
-                        Value::String(self.get_att(parts.first().map_or("", String::as_str), parts.get(1).map_or("", String::as_str)))
+                        Value::String(self.get_att(
+                            parts.first().map_or("", String::as_str),
+                            parts.get(1).map_or("", String::as_str),
+                        ))
                     }
                     "Fn::If" => {
                         let a = arg.as_array().cloned().unwrap_or_default();
-                        let chosen = if self.condition(a.first().and_then(Value::as_str).unwrap_or_default()) { a.get(1) } else { a.get(2) };
+                        let chosen = if self
+                            .condition(a.first().and_then(Value::as_str).unwrap_or_default())
+                        {
+                            a.get(1)
+                        } else {
+                            a.get(2)
+                        };
                         chosen.map(|c| self.resolve(c)).unwrap_or(Value::Null)
                     }
                     "Fn::Equals" => {
                         let a = arg.as_array().cloned().unwrap_or_default();
-                        let vals: Vec<String> = a.iter().map(|x| scalar(&self.resolve(x))).collect();
+                        let vals: Vec<String> =
+                            a.iter().map(|x| scalar(&self.resolve(x))).collect();
                         Value::Bool(vals.len() == 2 && vals[0] == vals[1])
                     }
                     _ => Value::Object(Map::from_iter([(k.clone(), self.resolve(arg))])),
@@ -195,7 +248,12 @@ impl Template {
                     .filter(|(_, x)| !is_no_value(x))
                     .collect(),
             ),
-            Value::Array(a) => Value::Array(a.iter().map(|x| self.resolve(x)).filter(|x| !is_no_value(x)).collect()),
+            Value::Array(a) => Value::Array(
+                a.iter()
+                    .map(|x| self.resolve(x))
+                    .filter(|x| !is_no_value(x))
+                    .collect(),
+            ),
             other => other.clone(),
         }
     }
@@ -204,14 +262,22 @@ impl Template {
         match name {
             "AWS::Region" => Value::String(LOCAL_REGION.into()),
             "AWS::AccountId" => Value::String(LOCAL_ACCOUNT.into()),
-            "AWS::StackName" => Value::String(format!("shardline-{}", self.param("Stage").unwrap_or("dev"))),
+            "AWS::StackName" => Value::String(format!(
+                "shardline-{}",
+                self.param("Stage").unwrap_or("dev")
+            )),
             "AWS::Partition" => Value::String("aws".into()),
             "AWS::NoValue" => Value::String(NO_VALUE.into()),
             _ => {
                 if let Some(p) = self.params.get(name) {
                     return Value::String(p.clone());
                 }
-                Value::String(self.physical.get(name).map(|p| p.reference.clone()).unwrap_or_else(|| name.to_owned()))
+                Value::String(
+                    self.physical
+                        .get(name)
+                        .map(|p| p.reference.clone())
+                        .unwrap_or_else(|| name.to_owned()),
+                )
             }
         }
     }
@@ -220,7 +286,12 @@ impl Template {
         let p = self.physical.get(logical).cloned().unwrap_or_default();
         match attr {
             "Arn" => p.arn,
-            "QueueName" | "StreamName" => p.arn.rsplit([':', '/']).next().unwrap_or_default().to_owned(),
+            "QueueName" | "StreamName" => p
+                .arn
+                .rsplit([':', '/'])
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
             "QueueUrl" => p.reference,
             _ => format!("{logical}.{attr}"),
         }
@@ -228,7 +299,13 @@ impl Template {
 
     fn sub(&self, arg: &Value) -> String {
         let (text, vars) = match arg {
-            Value::Array(a) => (a.first().map(scalar).unwrap_or_default(), a.get(1).and_then(Value::as_object).cloned().unwrap_or_default()),
+            Value::Array(a) => (
+                a.first().map(scalar).unwrap_or_default(),
+                a.get(1)
+                    .and_then(Value::as_object)
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
             other => (scalar(other), Map::new()),
         };
         let mut out = String::with_capacity(text.len());
@@ -300,7 +377,9 @@ impl Template {
     /// Every `AWS::Serverless::Function`, resolved, with `Globals.Function` applied to
     /// the environment.
     pub fn functions(&self) -> Vec<FunctionSpec> {
-        let Some(res) = self.raw.get("Resources").and_then(Value::as_object) else { return Vec::new() };
+        let Some(res) = self.raw.get("Resources").and_then(Value::as_object) else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
         for (logical, r) in res {
             if r.get("Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
@@ -308,8 +387,17 @@ impl Template {
             }
             let props = self.resolve(r.get("Properties").unwrap_or(&Value::Null));
             let mut environment = BTreeMap::new();
-            let globals = self.resolve(self.raw.pointer("/Globals/Function/Environment/Variables").unwrap_or(&Value::Null));
-            for vars in [&globals, props.pointer("/Environment/Variables").unwrap_or(&Value::Null)] {
+            let globals = self.resolve(
+                self.raw
+                    .pointer("/Globals/Function/Environment/Variables")
+                    .unwrap_or(&Value::Null),
+            );
+            for vars in [
+                &globals,
+                props
+                    .pointer("/Environment/Variables")
+                    .unwrap_or(&Value::Null),
+            ] {
                 if let Some(m) = vars.as_object() {
                     for (k, v) in m {
                         environment.insert(k.clone(), scalar(v));
@@ -319,17 +407,35 @@ impl Template {
             let kinesis_events = props
                 .get("Events")
                 .and_then(Value::as_object)
-                .map(|evs| evs.values().filter(|e| e.get("Type").and_then(Value::as_str) == Some("Kinesis")).filter_map(|e| e.get("Properties").cloned()).collect())
+                .map(|evs| {
+                    evs.values()
+                        .filter(|e| e.get("Type").and_then(Value::as_str) == Some("Kinesis"))
+                        .filter_map(|e| e.get("Properties").cloned())
+                        .collect()
+                })
                 .unwrap_or_default();
             let statements = props
                 .get("Policies")
                 .and_then(Value::as_array)
-                .map(|ps| ps.iter().filter_map(|p| p.get("Statement").and_then(Value::as_array)).flatten().cloned().collect())
+                .map(|ps| {
+                    ps.iter()
+                        .filter_map(|p| p.get("Statement").and_then(Value::as_array))
+                        .flatten()
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             out.push(FunctionSpec {
                 logical_id: logical.clone(),
-                name: self.physical.get(logical).map(|p| p.reference.clone()).unwrap_or_else(|| logical.clone()),
-                binary: r.pointer("/Metadata/BuildProperties/Binary").map(scalar).unwrap_or_default(),
+                name: self
+                    .physical
+                    .get(logical)
+                    .map(|p| p.reference.clone())
+                    .unwrap_or_else(|| logical.clone()),
+                binary: r
+                    .pointer("/Metadata/BuildProperties/Binary")
+                    .map(scalar)
+                    .unwrap_or_default(),
                 environment,
                 kinesis_events,
                 statements,
@@ -352,31 +458,55 @@ mod tests {
         let mut t = repo_template();
         assert_eq!(t.physical()["InputStream"].reference, "shardline-dev-input");
         t.set_param("Stage", "ci").unwrap();
-        assert_eq!(t.physical()["ProfilesTable"].reference, "shardline-ci-profiles");
-        assert_eq!(t.physical()["ProfilesTable"].arn, "arn:aws:dynamodb:us-east-1:000000000000:table/shardline-ci-profiles");
+        assert_eq!(
+            t.physical()["ProfilesTable"].reference,
+            "shardline-ci-profiles"
+        );
+        assert_eq!(
+            t.physical()["ProfilesTable"].arn,
+            "arn:aws:dynamodb:us-east-1:000000000000:table/shardline-ci-profiles"
+        );
     }
 
     #[test]
     fn function_environment_and_mapping_are_resolved() {
         let mut t = repo_template();
-        t.set_reference("QuarantineQueue", "http://127.0.0.1:4566/000000000000/shardline-dev-quarantine".into());
-        let f = t.functions().into_iter().find(|f| f.binary == "fraud-scorer").unwrap();
+        t.set_reference(
+            "QuarantineQueue",
+            "http://127.0.0.1:4566/000000000000/shardline-dev-quarantine".into(),
+        );
+        let f = t
+            .functions()
+            .into_iter()
+            .find(|f| f.binary == "fraud-scorer")
+            .unwrap();
         assert_eq!(f.environment["PROFILES_TABLE"], "shardline-dev-profiles");
         assert_eq!(f.environment["ALERT_THRESHOLD"], "600");
         assert!(f.environment["QUARANTINE_QUEUE_URL"].starts_with("http://"));
         let esm = &f.kinesis_events[0];
-        assert_eq!(esm["Stream"], "arn:aws:kinesis:us-east-1:000000000000:stream/shardline-dev-input");
+        assert_eq!(
+            esm["Stream"],
+            "arn:aws:kinesis:us-east-1:000000000000:stream/shardline-dev-input"
+        );
         assert_eq!(esm["FunctionResponseTypes"][0], "ReportBatchItemFailures");
     }
 
     #[test]
     fn if_and_no_value_drop_the_property() {
         let t = repo_template();
-        let (_, s) = t.resources_of_type("AWS::Kinesis::Stream").into_iter().next().unwrap();
+        let (_, s) = t
+            .resources_of_type("AWS::Kinesis::Stream")
+            .into_iter()
+            .next()
+            .unwrap();
         assert!(s.get("ShardCount").is_none(), "on-demand by default");
         let mut t = t;
         t.set_param("StreamMode", "PROVISIONED").unwrap();
-        let (_, s) = t.resources_of_type("AWS::Kinesis::Stream").into_iter().next().unwrap();
+        let (_, s) = t
+            .resources_of_type("AWS::Kinesis::Stream")
+            .into_iter()
+            .next()
+            .unwrap();
         assert_eq!(s["ShardCount"], "4");
     }
 
@@ -384,6 +514,9 @@ mod tests {
     fn sub_with_variables_and_attributes() {
         let t = Template::parse("Parameters: {Stage: {Type: String, Default: x}}\nResources: {Q: {Type: AWS::SQS::Queue, Properties: {QueueName: {Fn::Sub: 'q-${Stage}'}}}}").unwrap();
         let v: Value = serde_json::json!({"Fn::Sub": ["${A}/${Q.Arn}/${AWS::Region}", {"A": {"Ref": "Stage"}}]});
-        assert_eq!(t.resolve(&v), Value::String("x/arn:aws:sqs:us-east-1:000000000000:q-x/us-east-1".into()));
+        assert_eq!(
+            t.resolve(&v),
+            Value::String("x/arn:aws:sqs:us-east-1:000000000000:q-x/us-east-1".into())
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! fraud-scorer with in-memory stores: golden fixtures, exactly-once under replays,
 //! DynamoDB request counts, failure handling, and no card number in the logs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 

@@ -1,0 +1,231 @@
+//! Resources bootstrapped from template.yaml in the local emulators, then fraud-scorer
+//! run on fixtures against the real DynamoDB and SQS APIs: stored profiles and alerts are
+//! checked, the same batches are replayed, and nothing changes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::collections::BTreeMap;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use fraud_scorer::{Config, Scorer, ScorerSettings, Stores};
+use shardline_aws::SqsQuarantine;
+use shardline_aws::bootstrap::bootstrap;
+use shardline_aws::dynamo::{DynamoAlertSink, DynamoProfileStore, DynamoRuleSource};
+use shardline_aws::template::Template;
+use shardline_core::alert::Alert;
+use shardline_core::fraud::profile::CardProfile;
+use shardline_core::ports::NoAlertStream;
+use shardline_testkit::{fixture_bytes, repo_root};
+use shardline_tests::{emulator_config, unique};
+
+async fn scan<T: serde::de::DeserializeOwned>(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> Vec<T> {
+    let out = ddb
+        .scan()
+        .table_name(table)
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("scan");
+    serde_dynamo::from_items(out.items().to_vec()).expect("items")
+}
+
+fn stage() -> String {
+    // Stage names are short and lower case (the template's AllowedPattern).
+    let u = unique("t");
+    let digits: String = u.chars().filter(char::is_ascii_digit).collect();
+    format!("t{}", &digits[digits.len().saturating_sub(12)..])
+}
+
+#[tokio::test]
+async fn bootstrap_creates_every_template_resource_and_then_changes_nothing() {
+    let cfg = emulator_config().await;
+    let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
+    t.set_param("Stage", &stage()).unwrap();
+    let first = bootstrap(&cfg, &mut t).await.expect("first bootstrap");
+    let second = bootstrap(&cfg, &mut t).await.expect("second bootstrap");
+    assert_eq!(
+        second.created(),
+        0,
+        "second run creates nothing: {second:?}"
+    );
+    assert_eq!(
+        first.created(),
+        first.streams.len() + first.tables.len() + first.queues.len()
+    );
+    // Everything the template declares exists, by the names the template gives.
+    let declared = |ty: &str, prop: &str| -> Vec<String> {
+        let mut v: Vec<String> = t
+            .resources_of_type(ty)
+            .iter()
+            .map(|(_, p)| p[prop].as_str().unwrap().to_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let names = |l: &[(String, bool)]| -> Vec<String> {
+        let mut v: Vec<String> = l.iter().map(|(n, _)| n.clone()).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(&first.streams),
+        declared("AWS::Kinesis::Stream", "Name")
+    );
+    assert_eq!(
+        names(&first.tables),
+        declared("AWS::DynamoDB::Table", "TableName")
+    );
+    assert_eq!(
+        names(&first.queues),
+        declared("AWS::SQS::Queue", "QueueName")
+    );
+    let ddb = aws_sdk_dynamodb::Client::new(&cfg);
+    let tables = ddb
+        .list_tables()
+        .send()
+        .await
+        .unwrap()
+        .table_names()
+        .to_vec();
+    for n in declared("AWS::DynamoDB::Table", "TableName") {
+        assert!(tables.contains(&n), "{n} missing");
+    }
+    let alerts = declared("AWS::DynamoDB::Table", "TableName")
+        .into_iter()
+        .find(|n| n.ends_with("-alerts"))
+        .unwrap();
+    let d = ddb
+        .describe_table()
+        .table_name(&alerts)
+        .send()
+        .await
+        .unwrap();
+    let gsis: Vec<&str> = d
+        .table()
+        .unwrap()
+        .global_secondary_indexes()
+        .iter()
+        .filter_map(|g| g.index_name())
+        .collect();
+    assert_eq!(gsis.len(), 2, "{gsis:?}");
+}
+
+#[tokio::test]
+async fn scorer_on_fixtures_against_dynamodb_then_replay_changes_nothing() {
+    let cfg = emulator_config().await;
+    let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
+    t.set_param("Stage", &stage()).unwrap();
+    bootstrap(&cfg, &mut t).await.expect("bootstrap");
+    let f = t
+        .functions()
+        .into_iter()
+        .find(|f| f.binary == "fraud-scorer")
+        .unwrap();
+    // The function's config comes from the template's environment, as on Lambda.
+    let config = Config::from_lookup(|k| f.environment.get(k).cloned())
+        .expect("template sets the scorer's environment");
+    let ddb = aws_sdk_dynamodb::Client::new(&cfg);
+    let sqs = aws_sdk_sqs::Client::new(&cfg);
+    let scorer = Scorer::new(
+        Stores {
+            profiles: DynamoProfileStore::new(ddb.clone(), &config.profiles_table),
+            alerts: DynamoAlertSink::new(ddb.clone(), &config.alerts_table),
+            quarantine: SqsQuarantine::new(sqs.clone(), &config.quarantine_queue_url),
+            rules: DynamoRuleSource::new(ddb.clone(), &config.config_table),
+            stream: NoAlertStream,
+        },
+        ScorerSettings {
+            threshold_override: config.alert_threshold,
+            ..ScorerSettings::default()
+        },
+    );
+    let fixtures = [
+        "velocity-burst",
+        "card-testing",
+        "impossible-travel",
+        "new-country",
+        "poison",
+        "kpl-aggregated",
+    ];
+    let mut expected_alerts = 0;
+    for name in fixtures {
+        let report = scorer
+            .handle(&fixture_bytes(&format!("fraud-scorer/{name}.json")), None)
+            .await
+            .expect("handle");
+        assert!(
+            report.response.batch_item_failures.is_empty(),
+            "{name}: {:?}",
+            report.outcome.failed
+        );
+        let golden: serde_json::Value = serde_json::from_slice(&fixture_bytes(&format!(
+            "fraud-scorer/{name}.expected.json"
+        )))
+        .unwrap();
+        assert_eq!(
+            report.alerts,
+            golden["alerts"].as_array().unwrap().len(),
+            "{name}"
+        );
+        expected_alerts += report.alerts;
+    }
+    let profiles: Vec<CardProfile> = scan(&ddb, &config.profiles_table).await;
+    let alerts: Vec<Alert> = scan(&ddb, &config.alerts_table).await;
+    assert_eq!(alerts.len(), expected_alerts);
+    let velocity = profiles
+        .iter()
+        .find(|p| p.card_token == "tok_velocity")
+        .expect("velocity profile");
+    assert_eq!(velocity.txn_count, 12);
+    assert_eq!(velocity.version, 1, "one write for the whole batch");
+    let by_card = ddb
+        .query()
+        .table_name(&config.alerts_table)
+        .index_name("by-card")
+        .key_condition_expression("card_token = :c")
+        .expression_attribute_values(":c", AttributeValue::S("tok_testing".into()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        by_card.count(),
+        3,
+        "card-testing alerts through the by-card index"
+    );
+    let q = sqs
+        .get_queue_attributes()
+        .queue_url(&config.quarantine_queue_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .unwrap();
+    let depth: usize = q.attributes().unwrap()
+        [&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages]
+        .parse()
+        .unwrap();
+    assert_eq!(depth, 6, "the poison fixture's six bad records");
+
+    // Replay every batch: profiles and alerts stay exactly as they were.
+    let snapshot = |ps: Vec<CardProfile>| {
+        ps.into_iter()
+            .map(|p| (p.card_token.clone(), p))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let before = (snapshot(profiles), alerts.len());
+    for name in fixtures {
+        let report = scorer
+            .handle(&fixture_bytes(&format!("fraud-scorer/{name}.json")), None)
+            .await
+            .expect("replay");
+        assert!(report.response.batch_item_failures.is_empty());
+        assert_eq!(report.scored, 0, "{name}: a replay scores nothing");
+    }
+    let after = (
+        snapshot(scan(&ddb, &config.profiles_table).await),
+        scan::<Alert>(&ddb, &config.alerts_table).await.len(),
+    );
+    assert_eq!(before, after);
+}
