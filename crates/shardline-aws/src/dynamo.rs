@@ -10,7 +10,10 @@ use shardline_core::StoreError;
 use shardline_core::alert::Alert;
 use shardline_core::fraud::profile::CardProfile;
 use shardline_core::fraud::rules::RuleSet;
-use shardline_core::ports::{AlertSink, BatchRead, ProfileStore, Put, RuleSource};
+use shardline_core::ports::{
+    AlertSink, BatchRead, BatchReadKeys, PartialKey, ProfileStore, Put, RuleSource, WindowStore,
+};
+use shardline_core::window::{ShardProgress, WindowId, WindowPartial};
 
 use crate::sdk::classify;
 
@@ -254,5 +257,181 @@ impl RuleSource for DynamoRuleSource {
             return Ok(None);
         };
         RuleSet::from_json(body).map(Some).map_err(fatal)
+    }
+}
+
+/// Partition key of shard progress items in the windows table.
+pub const PROGRESS_PK: &str = "progress";
+
+/// Window partials and shard progress in DynamoDB (table keys `pk`, `sk`).
+#[derive(Clone, Debug)]
+pub struct DynamoWindowStore {
+    client: Client,
+    table: String,
+}
+
+impl DynamoWindowStore {
+    /// Windows in `table`.
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    /// Every shard's partial of windows of `pk` whose start lies in `[from_ms, to_ms)`.
+    pub async fn query_range(
+        &self,
+        pk: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<WindowPartial>, StoreError> {
+        let mut out = Vec::new();
+        let mut start_key = None;
+        loop {
+            let resp = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND sk BETWEEN :a AND :b")
+                .expression_attribute_values(":pk", AttributeValue::S(pk.to_owned()))
+                .expression_attribute_values(":a", AttributeValue::S(format!("{from_ms:013}#")))
+                .expression_attribute_values(
+                    ":b",
+                    AttributeValue::S(format!("{:013}#", to_ms - 1) + "~"),
+                )
+                .set_exclusive_start_key(start_key)
+                .send()
+                .await
+                .map_err(classify)?;
+            out.extend(
+                serde_dynamo::from_items::<_, WindowPartial>(resp.items().to_vec())
+                    .map_err(fatal)?,
+            );
+            start_key = resp.last_evaluated_key().cloned();
+            if start_key.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+impl WindowStore for DynamoWindowStore {
+    async fn get_partials(
+        &self,
+        keys: &[PartialKey],
+    ) -> Result<BatchReadKeys<WindowPartial>, StoreError> {
+        let ks: Vec<HashMap<String, AttributeValue>> = keys
+            .iter()
+            .map(|(pk, sk)| {
+                HashMap::from([
+                    ("pk".to_owned(), AttributeValue::S(pk.clone())),
+                    ("sk".to_owned(), AttributeValue::S(sk.clone())),
+                ])
+            })
+            .collect();
+        let ka = KeysAndAttributes::builder()
+            .set_keys(Some(ks))
+            .consistent_read(true)
+            .build()
+            .map_err(fatal)?;
+        let out = self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, ka)
+            .send()
+            .await
+            .map_err(classify)?;
+        let found = out
+            .responses()
+            .and_then(|r| r.get(&self.table))
+            .map(|items| serde_dynamo::from_items(items.clone()))
+            .transpose()
+            .map_err(fatal)?
+            .unwrap_or_default();
+        let unprocessed = out
+            .unprocessed_keys()
+            .and_then(|u| u.get(&self.table))
+            .map(|ka| {
+                ka.keys()
+                    .iter()
+                    .filter_map(|k| {
+                        Some((
+                            k.get("pk")?.as_s().ok()?.clone(),
+                            k.get("sk")?.as_s().ok()?.clone(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(BatchReadKeys { found, unprocessed })
+    }
+
+    async fn put_partial(
+        &self,
+        partial: &WindowPartial,
+        expected: Option<u64>,
+    ) -> Result<Put, StoreError> {
+        let item: HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(partial).map_err(fatal)?;
+        let req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
+        let req = match expected {
+            None => req.condition_expression("attribute_not_exists(pk)"),
+            Some(v) => req
+                .condition_expression("#v = :v")
+                .expression_attribute_names("#v", "version")
+                .expression_attribute_values(":v", AttributeValue::N(v.to_string())),
+        };
+        match req.send().await {
+            Ok(_) => Ok(Put::Written),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(Put::Conflict)
+            }
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    async fn get_progress(&self, shard: &str) -> Result<Option<ShardProgress>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(PROGRESS_PK.to_owned()))
+            .key("sk", AttributeValue::S(shard.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        out.item()
+            .map(|i| serde_dynamo::from_item(i.clone()))
+            .transpose()
+            .map_err(fatal)
+    }
+
+    async fn put_progress(&self, shard: &str, progress: &ShardProgress) -> Result<(), StoreError> {
+        let mut item: HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(progress).map_err(fatal)?;
+        item.insert("pk".into(), AttributeValue::S(PROGRESS_PK.to_owned()));
+        item.insert("sk".into(), AttributeValue::S(shard.to_owned()));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn window_partials(&self, window: &WindowId) -> Result<Vec<WindowPartial>, StoreError> {
+        self.query_range(&window.pk(), window.start_ms, window.start_ms + 1)
+            .await
     }
 }

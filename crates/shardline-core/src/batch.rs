@@ -260,6 +260,31 @@ impl<Q: Quarantine> BatchProcessor<Q> {
         outcome
     }
 
+    /// Quarantines the poison records of a batch, and `extra` records set aside by the
+    /// caller (late events), leaving out those at or after `lowest_failure` (they come
+    /// back in the retry). For handlers that do their own batch-level work.
+    pub async fn quarantine_only<T>(
+        &self,
+        records: &[InRecord<T>],
+        extra: Vec<(RecordMeta, Poison)>,
+        deadline: Option<Instant>,
+        lowest_failure: Option<SeqNo>,
+    ) -> BatchOutcome {
+        let mut outcome = BatchOutcome {
+            records: records.len(),
+            lowest_failure,
+            ..BatchOutcome::default()
+        };
+        let mut poisoned: Vec<(RecordMeta, Poison)> = records
+            .iter()
+            .filter_map(|r| r.body.as_ref().err().map(|p| (r.meta.clone(), p.clone())))
+            .collect();
+        poisoned.extend(extra);
+        self.quarantine_poison(poisoned, deadline, &mut outcome)
+            .await;
+        outcome
+    }
+
     /// Processes a batch one record at a time (per key in order), for operations that
     /// have no batch-level work. A panic is attributed to the exact record.
     pub async fn process_each<'a, T, F, Fut>(

@@ -196,6 +196,14 @@ pub enum PoisonReason {
     /// `card_token` looks like a card number in clear (digits passing the Luhn check).
     #[error("card_token looks like a clear card number; producers must send a token")]
     ClearCardNumber,
+    /// The event arrived after some of its windows were final (the late side output).
+    #[error("late event: windows {windows} were final at watermark {watermark_ms}")]
+    LateEvent {
+        /// The windows it missed (`key#width@start`, comma-separated).
+        windows: String,
+        /// The watermark it met, epoch ms.
+        watermark_ms: i64,
+    },
     /// A KPL aggregated record could not be de-aggregated.
     #[error("KPL aggregate: {0}")]
     Kpl(String),

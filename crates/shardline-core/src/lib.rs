@@ -12,6 +12,7 @@ pub mod kpl;
 pub mod ports;
 pub mod record;
 pub mod seq;
+pub mod window;
 
 pub use error::{BoxError, ErrorClass, RecordError, StoreError};
 pub use event::{AuthResult, Channel, DecodeLimits, Location, PoisonReason, Txn};

@@ -176,3 +176,83 @@ impl<A: AlertSink> AlertSink for &A {
         (**self).put_alerts(alerts)
     }
 }
+
+/// The key of one stored window partial: (`pk`, `sk`).
+pub type PartialKey = (String, String);
+
+/// Window partials and shard progress (one table).
+pub trait WindowStore: Send + Sync {
+    /// Reads up to [`MAX_BATCH_GET`] partials, strongly consistent.
+    fn get_partials(
+        &self,
+        keys: &[PartialKey],
+    ) -> impl Future<Output = Result<BatchReadKeys<crate::window::WindowPartial>, StoreError>> + Send;
+    /// Writes a partial (its `version` already the new one) if the stored version is
+    /// `expected` (`None`: only if absent).
+    fn put_partial(
+        &self,
+        partial: &crate::window::WindowPartial,
+        expected: Option<u64>,
+    ) -> impl Future<Output = Result<Put, StoreError>> + Send;
+    /// A shard's progress.
+    fn get_progress(
+        &self,
+        shard: &str,
+    ) -> impl Future<Output = Result<Option<crate::window::ShardProgress>, StoreError>> + Send;
+    /// Stores a shard's progress.
+    fn put_progress(
+        &self,
+        shard: &str,
+        progress: &crate::window::ShardProgress,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every shard's partial of one window.
+    fn window_partials(
+        &self,
+        window: &crate::window::WindowId,
+    ) -> impl Future<Output = Result<Vec<crate::window::WindowPartial>, StoreError>> + Send;
+}
+
+/// Items found by a keyed batch read, and the keys to ask again.
+#[derive(Debug, Default)]
+pub struct BatchReadKeys<T> {
+    /// Items found.
+    pub found: Vec<T>,
+    /// Keys not processed this time.
+    pub unprocessed: Vec<PartialKey>,
+}
+
+impl<W: WindowStore> WindowStore for &W {
+    fn get_partials(
+        &self,
+        keys: &[PartialKey],
+    ) -> impl Future<Output = Result<BatchReadKeys<crate::window::WindowPartial>, StoreError>> + Send
+    {
+        (**self).get_partials(keys)
+    }
+    fn put_partial(
+        &self,
+        partial: &crate::window::WindowPartial,
+        expected: Option<u64>,
+    ) -> impl Future<Output = Result<Put, StoreError>> + Send {
+        (**self).put_partial(partial, expected)
+    }
+    fn get_progress(
+        &self,
+        shard: &str,
+    ) -> impl Future<Output = Result<Option<crate::window::ShardProgress>, StoreError>> + Send {
+        (**self).get_progress(shard)
+    }
+    fn put_progress(
+        &self,
+        shard: &str,
+        progress: &crate::window::ShardProgress,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).put_progress(shard, progress)
+    }
+    fn window_partials(
+        &self,
+        window: &crate::window::WindowId,
+    ) -> impl Future<Output = Result<Vec<crate::window::WindowPartial>, StoreError>> + Send {
+        (**self).window_partials(window)
+    }
+}

@@ -9,9 +9,10 @@ use shardline_core::StoreError;
 use shardline_core::alert::Alert;
 use shardline_core::fraud::profile::CardProfile;
 use shardline_core::ports::{
-    AlertSink, BatchRead, MAX_BATCH_GET, MAX_BATCH_WRITE, ProfileStore, Put, Quarantine,
-    QuarantineEntry,
+    AlertSink, BatchRead, BatchReadKeys, MAX_BATCH_GET, MAX_BATCH_WRITE, PartialKey, ProfileStore,
+    Put, Quarantine, QuarantineEntry, WindowStore,
 };
+use shardline_core::window::{ShardProgress, WindowId, WindowPartial};
 
 /// The repository root (where `events/` and `template.yaml` live).
 pub fn repo_root() -> PathBuf {
@@ -215,5 +216,97 @@ impl AlertSink for MemAlerts {
             items.insert(a.alert_id.clone(), a.clone());
         }
         Ok(())
+    }
+}
+
+/// In-memory windows table: partials by (pk, sk) and shard progress.
+#[derive(Debug, Default)]
+pub struct MemWindows {
+    partials: Mutex<std::collections::BTreeMap<PartialKey, WindowPartial>>,
+    progress: Mutex<std::collections::BTreeMap<String, ShardProgress>>,
+    /// Requests made: `batch_gets`, `gets` (progress reads and window queries), `puts`
+    /// (partial writes), `batch_writes` (progress writes).
+    pub calls: Calls,
+    /// Injected faults on partial writes.
+    pub faults: Faults,
+}
+
+impl MemWindows {
+    /// Every stored partial.
+    pub fn partials(&self) -> Vec<WindowPartial> {
+        self.partials
+            .lock()
+            .expect("windows lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Every shard's progress.
+    pub fn progress(&self) -> std::collections::BTreeMap<String, ShardProgress> {
+        self.progress.lock().expect("windows lock").clone()
+    }
+}
+
+impl WindowStore for MemWindows {
+    async fn get_partials(
+        &self,
+        keys: &[PartialKey],
+    ) -> Result<BatchReadKeys<WindowPartial>, StoreError> {
+        self.calls.batch_gets.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            keys.len() <= MAX_BATCH_GET,
+            "BatchGetItem takes at most 100 keys"
+        );
+        let items = self.partials.lock().expect("windows lock");
+        Ok(BatchReadKeys {
+            found: keys.iter().filter_map(|k| items.get(k).cloned()).collect(),
+            unprocessed: Vec::new(),
+        })
+    }
+
+    async fn put_partial(
+        &self,
+        partial: &WindowPartial,
+        expected: Option<u64>,
+    ) -> Result<Put, StoreError> {
+        self.calls.puts.fetch_add(1, Ordering::SeqCst);
+        self.faults.check("put_partial")?;
+        let mut items = self.partials.lock().expect("windows lock");
+        let key = (partial.pk.clone(), partial.sk.clone());
+        if items.get(&key).map(|p| p.version) != expected {
+            return Ok(Put::Conflict);
+        }
+        items.insert(key, partial.clone());
+        Ok(Put::Written)
+    }
+
+    async fn get_progress(&self, shard: &str) -> Result<Option<ShardProgress>, StoreError> {
+        self.calls.gets.fetch_add(1, Ordering::SeqCst);
+        Ok(self
+            .progress
+            .lock()
+            .expect("windows lock")
+            .get(shard)
+            .cloned())
+    }
+
+    async fn put_progress(&self, shard: &str, progress: &ShardProgress) -> Result<(), StoreError> {
+        self.calls.batch_writes.fetch_add(1, Ordering::SeqCst);
+        self.progress
+            .lock()
+            .expect("windows lock")
+            .insert(shard.to_owned(), progress.clone());
+        Ok(())
+    }
+
+    async fn window_partials(&self, window: &WindowId) -> Result<Vec<WindowPartial>, StoreError> {
+        self.calls.gets.fetch_add(1, Ordering::SeqCst);
+        let items = self.partials.lock().expect("windows lock");
+        Ok(items
+            .values()
+            .filter(|p| p.window == *window)
+            .cloned()
+            .collect())
     }
 }

@@ -1,0 +1,562 @@
+//! Event-time windows: per merchant, per card and global tumbling windows aligned to the
+//! epoch in UTC, mergeable metrics, and the per-shard state machine that applies a
+//! shard's records to its window partials exactly once.
+//!
+//! State is split into **per-shard partial items**: one item per (key, width, window
+//! start, shard). Each partial has a single writer (the shard's invocation; the template
+//! keeps ParallelizationFactor at 1 for this function), so its replay guard is just "the
+//! last position applied", and a hot merchant or the global window receives at most one
+//! write per shard per batch. Readers merge partials, and the sliding 15-minute window is
+//! merged from 1-minute panes at read time.
+
+pub mod hll;
+pub mod rules;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+
+use crate::batch::Item;
+use crate::event::{AuthResult, Txn};
+use crate::seq::RecordPos;
+use hll::Hll;
+
+/// One minute in ms.
+pub const MINUTE_MS: i64 = 60_000;
+/// Relative accuracy of the quantile sketch (DDSketch alpha).
+pub const SKETCH_ALPHA: f64 = 0.01;
+
+/// What a window is keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyKind {
+    /// Per merchant.
+    Merchant,
+    /// Per card.
+    Card,
+    /// One window for all traffic.
+    Global,
+}
+
+/// Which windows are kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowConfig {
+    /// Tumbling widths (ms) per key kind.
+    pub widths: BTreeMap<KeyKind, Vec<i64>>,
+    /// Allowed lateness: the watermark trails the largest event time seen by this much.
+    pub lateness_ms: i64,
+    /// Items expire this long after their window ends (DynamoDB TTL).
+    pub retention_ms: i64,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            widths: BTreeMap::from([
+                (
+                    KeyKind::Merchant,
+                    vec![MINUTE_MS, 5 * MINUTE_MS, 15 * MINUTE_MS],
+                ),
+                (
+                    KeyKind::Global,
+                    vec![MINUTE_MS, 5 * MINUTE_MS, 15 * MINUTE_MS],
+                ),
+                (KeyKind::Card, vec![15 * MINUTE_MS, 60 * MINUTE_MS]),
+            ]),
+            lateness_ms: 2 * MINUTE_MS,
+            retention_ms: 7 * 24 * 60 * MINUTE_MS,
+        }
+    }
+}
+
+/// A window: key, width and start (aligned to the epoch).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct WindowId {
+    /// `merchant:<id>`, `card:<token>` or `global`.
+    pub key: String,
+    /// Width, ms.
+    pub width_ms: i64,
+    /// Start, epoch ms, a multiple of the width.
+    pub start_ms: i64,
+}
+
+impl WindowId {
+    /// End (exclusive), epoch ms.
+    pub fn end_ms(&self) -> i64 {
+        self.start_ms + self.width_ms
+    }
+
+    /// The partition key of its items: `<key>#<width>m`.
+    pub fn pk(&self) -> String {
+        pk_for(&self.key, self.width_ms)
+    }
+
+    /// The sort key of one shard's partial: `<start, 13 digits>#<shard>`.
+    pub fn sk(&self, shard: &str) -> String {
+        format!("{:013}#{shard}", self.start_ms)
+    }
+}
+
+/// Partition key of the items of one key and width.
+pub fn pk_for(key: &str, width_ms: i64) -> String {
+    format!("{key}#{}m", width_ms / MINUTE_MS)
+}
+
+/// The start of the window of `width_ms` holding `t_ms` (floor, also before 1970).
+pub fn window_start(t_ms: i64, width_ms: i64) -> i64 {
+    t_ms.div_euclid(width_ms) * width_ms
+}
+
+/// The key of an event for a kind.
+pub fn key_of(kind: KeyKind, t: &Txn) -> String {
+    match kind {
+        KeyKind::Merchant => format!("merchant:{}", t.merchant_id),
+        KeyKind::Card => format!("card:{}", t.card_token),
+        KeyKind::Global => "global".to_owned(),
+    }
+}
+
+/// Every window an event belongs to.
+pub fn windows_of(t: &Txn, cfg: &WindowConfig) -> Vec<(KeyKind, WindowId)> {
+    let mut out = Vec::new();
+    for (kind, widths) in &cfg.widths {
+        let key = key_of(*kind, t);
+        for &w in widths {
+            out.push((
+                *kind,
+                WindowId {
+                    key: key.clone(),
+                    width_ms: w,
+                    start_ms: window_start(t.event_time_ms, w),
+                },
+            ));
+        }
+    }
+    out
+}
+
+/// Count, sum, min and max of amounts in one currency (exact).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CurrencyAgg {
+    /// Events.
+    pub count: u64,
+    /// Sum of amounts, minor units.
+    pub sum: i64,
+    /// Smallest amount.
+    pub min: i64,
+    /// Largest amount.
+    pub max: i64,
+}
+
+impl CurrencyAgg {
+    fn add(&mut self, amount: i64) {
+        if self.count == 0 {
+            self.min = amount;
+            self.max = amount;
+        } else {
+            self.min = self.min.min(amount);
+            self.max = self.max.max(amount);
+        }
+        self.count += 1;
+        self.sum += amount;
+    }
+
+    fn merge(&mut self, o: &CurrencyAgg) {
+        if o.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = o.clone();
+            return;
+        }
+        self.count += o.count;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+    }
+}
+
+/// Mergeable metrics of a window (or of one shard's part of it).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Events.
+    pub count: u64,
+    /// Approved events.
+    pub approved: u64,
+    /// Declined events.
+    pub declined: u64,
+    /// Exact amount aggregates per currency.
+    pub currencies: BTreeMap<String, CurrencyAgg>,
+    /// Distinct cards (HyperLogLog).
+    pub cards: Hll,
+    /// Amount quantile sketch (DDSketch, 1 % relative accuracy), Java wire format.
+    #[serde(with = "serde_bytes", default)]
+    pub amounts: Vec<u8>,
+    /// Events that arrived after the window was final: counted here, never merged.
+    #[serde(default)]
+    pub late: u64,
+}
+
+fn new_sketch() -> DDSketch {
+    DDSketch::new(SketchConfig::new(SKETCH_ALPHA, 2048, 1e-9))
+}
+
+fn decode_sketch(bytes: &[u8]) -> DDSketch {
+    if bytes.is_empty() {
+        return new_sketch();
+    }
+    DDSketch::from_java_bytes(bytes).unwrap_or_else(|_| new_sketch())
+}
+
+impl Metrics {
+    /// Folds events in (the sketch is decoded and encoded once for all of them).
+    pub fn add_all<'a>(&mut self, events: impl IntoIterator<Item = &'a Txn>, track_cards: bool) {
+        let mut sketch = decode_sketch(&self.amounts);
+        for t in events {
+            self.count += 1;
+            match t.auth_result {
+                AuthResult::Approved => self.approved += 1,
+                AuthResult::Declined => self.declined += 1,
+            }
+            self.currencies
+                .entry(t.currency.clone())
+                .or_default()
+                .add(t.amount_minor);
+            if track_cards {
+                self.cards.add(&t.card_token);
+            }
+            sketch.add(t.amount_minor as f64);
+        }
+        self.amounts = sketch.to_java_bytes();
+    }
+
+    /// Merges another window part in: exact for counts, sums, min, max; within the
+    /// sketches' error for distinct cards and quantiles.
+    pub fn merge(&mut self, o: &Metrics) {
+        self.count += o.count;
+        self.approved += o.approved;
+        self.declined += o.declined;
+        self.late += o.late;
+        for (c, agg) in &o.currencies {
+            self.currencies.entry(c.clone()).or_default().merge(agg);
+        }
+        self.cards.merge(&o.cards);
+        if !o.amounts.is_empty() {
+            let mut mine = decode_sketch(&self.amounts);
+            // Same configuration on both sides, so merge cannot fail.
+            if mine.merge(&decode_sketch(&o.amounts)).is_ok() {
+                self.amounts = mine.to_java_bytes();
+            }
+        }
+    }
+
+    /// Estimated distinct cards.
+    pub fn distinct_cards(&self) -> f64 {
+        self.cards.estimate()
+    }
+
+    /// Estimated amount quantile (`q` in 0..=1), minor units.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        decode_sketch(&self.amounts).quantile(q).ok().flatten()
+    }
+
+    /// Sum over all currencies (for rules that ignore currency).
+    pub fn total_sum(&self) -> i64 {
+        self.currencies.values().map(|c| c.sum).sum()
+    }
+}
+
+/// One shard's partial of one window, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WindowPartial {
+    /// `<key>#<width>m`.
+    pub pk: String,
+    /// `<start>#<shard>`.
+    pub sk: String,
+    /// The window.
+    pub window: WindowId,
+    /// The shard writing it.
+    pub shard_id: String,
+    /// Padded position of the last record applied: the replay guard.
+    pub applied: String,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// True once the shard's watermark passed the window's end.
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// DynamoDB TTL, epoch seconds.
+    pub expires_at: i64,
+    /// Write count (the conditional write expects the one read).
+    pub version: u64,
+}
+
+impl WindowPartial {
+    /// An empty partial.
+    pub fn new(window: WindowId, shard: &str, cfg: &WindowConfig) -> Self {
+        Self {
+            pk: window.pk(),
+            sk: window.sk(shard),
+            expires_at: (window.end_ms() + cfg.retention_ms) / 1000,
+            window,
+            shard_id: shard.to_owned(),
+            applied: String::new(),
+            metrics: Metrics::default(),
+            is_final: false,
+            version: 0,
+        }
+    }
+}
+
+/// A shard's progress, stored beside the windows: the replay-safe watermark.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardProgress {
+    /// Largest event time among applied records, epoch ms.
+    pub max_event_ms: Option<i64>,
+    /// Padded position of the last record whose effects are all durable.
+    pub applied: String,
+}
+
+/// A record that arrived after one of its windows was final.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Late {
+    /// Index of the record in the planned slice.
+    pub index: usize,
+    /// The final windows it missed.
+    pub windows: Vec<WindowId>,
+    /// The watermark it met.
+    pub watermark_ms: i64,
+}
+
+/// What a batch does to a shard's windows, before any partial is read.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    /// For each touched window: its kind and the indexes of the records that belong to
+    /// it (on time), in position order.
+    pub on_time: BTreeMap<WindowId, (KeyKind, Vec<usize>)>,
+    /// Per window, the indexes of records that missed it (late).
+    pub late_in: BTreeMap<WindowId, (KeyKind, Vec<usize>)>,
+    /// Late records, for the side output.
+    pub late: Vec<Late>,
+    /// Watermark-relevant state after each record: `progress_after[i]` is the shard
+    /// progress once records `..=i` are applied.
+    pub progress_after: Vec<ShardProgress>,
+}
+
+/// Plans one shard's records (sorted by position) against its stored progress. Records
+/// at or before `progress.applied` are already reflected and are left out; each later
+/// record meets the watermark of everything before it in the shard, so the verdict
+/// (on time or late) is the same however the stream is split into batches or replayed.
+pub fn plan(items: &[Item<'_, Txn>], progress: &ShardProgress, cfg: &WindowConfig) -> Plan {
+    let mut p = Plan::default();
+    let mut max_event = progress.max_event_ms;
+    let mut applied = progress.applied.clone();
+    for (i, it) in items.iter().enumerate() {
+        let pos = it.meta.pos.to_padded();
+        if !applied.is_empty() && pos <= applied {
+            p.progress_after.push(ShardProgress {
+                max_event_ms: max_event,
+                applied: applied.clone(),
+            });
+            continue;
+        }
+        let watermark = max_event.map(|m| m - cfg.lateness_ms);
+        let mut missed = Vec::new();
+        for (kind, w) in windows_of(it.body, cfg) {
+            if watermark.is_some_and(|wm| w.end_ms() <= wm) {
+                p.late_in
+                    .entry(w.clone())
+                    .or_insert_with(|| (kind, Vec::new()))
+                    .1
+                    .push(i);
+                missed.push(w);
+            } else {
+                p.on_time
+                    .entry(w)
+                    .or_insert_with(|| (kind, Vec::new()))
+                    .1
+                    .push(i);
+            }
+        }
+        if !missed.is_empty() {
+            p.late.push(Late {
+                index: i,
+                windows: missed,
+                watermark_ms: watermark.unwrap_or_default(),
+            });
+        }
+        max_event = Some(max_event.map_or(it.body.event_time_ms, |m| m.max(it.body.event_time_ms)));
+        applied = pos;
+        p.progress_after.push(ShardProgress {
+            max_event_ms: max_event,
+            applied: applied.clone(),
+        });
+    }
+    p
+}
+
+/// Applies a window's records to its stored partial, skipping those it already has.
+/// Returns true when the partial changed.
+pub fn apply_to_partial(
+    partial: &mut WindowPartial,
+    kind: KeyKind,
+    on_time: &[&Item<'_, Txn>],
+    late: &[&Item<'_, Txn>],
+    watermark_ms: Option<i64>,
+) -> bool {
+    let guard = partial.applied.clone();
+    let fresh = |it: &&&Item<'_, Txn>| guard.is_empty() || it.meta.pos.to_padded() > guard;
+    let new_on_time: Vec<&Txn> = on_time.iter().filter(fresh).map(|it| it.body).collect();
+    let new_late = late.iter().filter(fresh).count() as u64;
+    let last = on_time
+        .iter()
+        .chain(late)
+        .filter(fresh)
+        .map(|it| &it.meta.pos)
+        .max()
+        .cloned();
+    let now_final = watermark_ms.is_some_and(|wm| partial.window.end_ms() <= wm);
+    let Some(last) = last else {
+        if now_final && !partial.is_final {
+            partial.is_final = true;
+            return true;
+        }
+        return false;
+    };
+    partial.metrics.add_all(new_on_time, kind != KeyKind::Card);
+    partial.metrics.late += new_late;
+    partial.applied = RecordPos::to_padded(&last);
+    partial.is_final |= now_final;
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::event::{Channel, Location};
+    use crate::record::RecordMeta;
+    use crate::seq::SeqNo;
+
+    pub(crate) fn txn(i: usize, t: i64, amount: i64, merchant: &str, declined: bool) -> Txn {
+        Txn {
+            event_id: format!("e{i}"),
+            card_token: format!("tok_{}", i % 5),
+            merchant_id: merchant.into(),
+            mcc: 5411,
+            amount_minor: amount,
+            currency: "USD".into(),
+            event_time_ms: t,
+            location: Location {
+                lat: 0.0,
+                lon: 0.0,
+                country: "US".into(),
+            },
+            channel: Channel::Pos,
+            auth_result: if declined {
+                AuthResult::Declined
+            } else {
+                AuthResult::Approved
+            },
+        }
+    }
+
+    fn meta(i: usize) -> RecordMeta {
+        RecordMeta {
+            shard_id: Arc::from("shardId-000000000000"),
+            pos: RecordPos::plain(SeqNo::parse(&format!("4959{i:040}")).unwrap()),
+            partition_key: "k".into(),
+            arrival_ms: 0,
+        }
+    }
+
+    #[test]
+    fn windows_align_to_the_epoch() {
+        assert_eq!(
+            window_start(1_795_000_123_456, MINUTE_MS),
+            1_795_000_080_000
+        );
+        assert_eq!(window_start(-1, MINUTE_MS), -MINUTE_MS);
+        let t = txn(0, 15 * MINUTE_MS + 5, 100, "m", false);
+        let ws = windows_of(&t, &WindowConfig::default());
+        assert_eq!(ws.len(), 8);
+        assert!(ws.iter().all(|(_, w)| w.start_ms % w.width_ms == 0
+            && w.start_ms <= t.event_time_ms
+            && t.event_time_ms < w.end_ms()));
+    }
+
+    #[test]
+    fn metrics_merge_exactly_and_sketches_within_error() {
+        let events: Vec<Txn> = (0..1000)
+            .map(|i| txn(i, 0, 100 + i as i64, "m", i % 10 == 0))
+            .collect();
+        let mut whole = Metrics::default();
+        whole.add_all(&events, true);
+        let (mut a, mut b) = (Metrics::default(), Metrics::default());
+        a.add_all(&events[..400], true);
+        b.add_all(&events[400..], true);
+        a.merge(&b);
+        assert_eq!((a.count, a.approved, a.declined), (1000, 900, 100));
+        assert_eq!(a.currencies, whole.currencies);
+        assert_eq!(a.currencies["USD"].min, 100);
+        assert_eq!(a.currencies["USD"].max, 1099);
+        let p50 = a.quantile(0.5).unwrap();
+        assert!((p50 - 600.0).abs() / 600.0 < 0.02, "{p50}");
+        assert!((a.distinct_cards() - 5.0).abs() < 0.5);
+    }
+
+    #[test]
+    fn late_records_are_separated_by_the_watermark_of_what_came_before() {
+        let cfg = WindowConfig::default();
+        let evs = [
+            txn(0, 10 * MINUTE_MS, 100, "m", false),
+            txn(1, 30 * MINUTE_MS, 100, "m", false), // watermark -> 28 min
+            txn(2, 27 * MINUTE_MS + 1, 100, "m", false), // 1m window [27, 28) ended at 28: late for it, on time for 5m and 15m
+            txn(3, 10 * MINUTE_MS + 1, 100, "m", false), // late everywhere but card 60m
+        ];
+        let metas: Vec<RecordMeta> = (0..4).map(meta).collect();
+        let items: Vec<Item<'_, Txn>> = metas
+            .iter()
+            .zip(&evs)
+            .map(|(meta, body)| Item { meta, body })
+            .collect();
+        let p = plan(&items, &ShardProgress::default(), &cfg);
+        assert_eq!(p.late.len(), 2);
+        assert_eq!(p.late[0].index, 2);
+        assert_eq!(
+            p.late[0]
+                .windows
+                .iter()
+                .map(|w| w.width_ms)
+                .collect::<Vec<_>>(),
+            vec![MINUTE_MS, MINUTE_MS]
+        );
+        assert_eq!(p.late[1].index, 3);
+        assert_eq!(p.late[1].windows.len(), 7);
+        // Every record is either on time or late in each of its 8 windows.
+        let on: usize = p.on_time.values().map(|(_, v)| v.len()).sum();
+        let late: usize = p.late_in.values().map(|(_, v)| v.len()).sum();
+        assert_eq!(on + late, 4 * 8);
+    }
+
+    #[test]
+    fn planning_again_from_stored_progress_skips_applied_records() {
+        let cfg = WindowConfig::default();
+        let evs: Vec<Txn> = (0..6)
+            .map(|i| txn(i, i as i64 * MINUTE_MS, 100, "m", false))
+            .collect();
+        let metas: Vec<RecordMeta> = (0..6).map(meta).collect();
+        let items: Vec<Item<'_, Txn>> = metas
+            .iter()
+            .zip(&evs)
+            .map(|(meta, body)| Item { meta, body })
+            .collect();
+        let full = plan(&items, &ShardProgress::default(), &cfg);
+        let first = plan(&items[..3], &ShardProgress::default(), &cfg);
+        let rest = plan(&items, &first.progress_after[2], &cfg);
+        let count = |p: &Plan| p.on_time.values().map(|(_, v)| v.len()).sum::<usize>();
+        assert_eq!(count(&first) + count(&rest), count(&full));
+        assert_eq!(rest.progress_after[5], full.progress_after[5]);
+    }
+}

@@ -1,0 +1,110 @@
+//! Configuration from the environment, read once at cold start. The names are constants
+//! so the template consistency test can check the template sets every one.
+
+/// Table of window partials and shard progress.
+pub const ENV_WINDOWS_TABLE: &str = "WINDOWS_TABLE";
+/// Table of alerts.
+pub const ENV_ALERTS_TABLE: &str = "ALERTS_TABLE";
+/// SQS queue URL of the quarantine (poison and late records).
+pub const ENV_QUARANTINE_QUEUE_URL: &str = "QUARANTINE_QUEUE_URL";
+/// Optional: allowed lateness in seconds (default 120).
+pub const ENV_ALLOWED_LATENESS_SECONDS: &str = "ALLOWED_LATENESS_SECONDS";
+
+/// Variables the function must be given.
+pub const REQUIRED_ENV: &[&str] = &[
+    ENV_WINDOWS_TABLE,
+    ENV_ALERTS_TABLE,
+    ENV_QUARANTINE_QUEUE_URL,
+];
+/// Variables the function reads when present.
+pub const OPTIONAL_ENV: &[&str] = &[ENV_ALLOWED_LATENESS_SECONDS];
+
+/// A configuration problem, naming the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required variable is unset or empty.
+    #[error("environment variable {0} is not set")]
+    Missing(&'static str),
+    /// A variable does not parse.
+    #[error("environment variable {name} = {value:?} is not a whole number of seconds")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
+}
+
+/// The aggregator's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Windows table name.
+    pub windows_table: String,
+    /// Alerts table name.
+    pub alerts_table: String,
+    /// Quarantine queue URL.
+    pub quarantine_queue_url: String,
+    /// Allowed lateness, ms.
+    pub lateness_ms: i64,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads the configuration through `get`.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let req = |name: &'static str| {
+            get(name)
+                .filter(|v| !v.is_empty())
+                .ok_or(ConfigError::Missing(name))
+        };
+        let lateness_ms = match get(ENV_ALLOWED_LATENESS_SECONDS).filter(|v| !v.is_empty()) {
+            None => 120_000,
+            Some(v) => {
+                v.parse::<i64>().map_err(|_| ConfigError::Invalid {
+                    name: ENV_ALLOWED_LATENESS_SECONDS,
+                    value: v.clone(),
+                })? * 1000
+            }
+        };
+        Ok(Self {
+            windows_table: req(ENV_WINDOWS_TABLE)?,
+            alerts_table: req(ENV_ALERTS_TABLE)?,
+            quarantine_queue_url: req(ENV_QUARANTINE_QUEUE_URL)?,
+            lateness_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_variable_names_itself() {
+        assert_eq!(
+            Config::from_lookup(|_| None).unwrap_err().to_string(),
+            "environment variable WINDOWS_TABLE is not set"
+        );
+    }
+
+    #[test]
+    fn lateness_defaults_to_two_minutes_and_parses() {
+        let c =
+            Config::from_lookup(|k| (k != ENV_ALLOWED_LATENESS_SECONDS).then(|| "x".to_owned()))
+                .unwrap();
+        assert_eq!(c.lateness_ms, 120_000);
+        let c = Config::from_lookup(|k| {
+            Some(if k == ENV_ALLOWED_LATENESS_SECONDS {
+                "30".into()
+            } else {
+                "x".into()
+            })
+        })
+        .unwrap();
+        assert_eq!(c.lateness_ms, 30_000);
+    }
+}

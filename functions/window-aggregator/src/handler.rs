@@ -1,0 +1,423 @@
+//! The window-aggregator handler, generic over its stores.
+//!
+//! Per invocation and shard: read the shard's progress (one GetItem), plan which window
+//! each record feeds and which it is late for, read the touched partials (BatchGetItem
+//! per 100), fold the new records in memory, then one conditional PutItem per touched
+//! (key, window) partial, window rules on the merged totals, the late side output to the
+//! quarantine, and finally the shard's progress. Records a partial already holds are
+//! skipped by its guard, so any replay or split leaves the windows as one delivery.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_lambda_events::event::streams::KinesisEventResponse;
+use futures::StreamExt;
+use shardline_aws::kinesis::{EnvelopeError, decode_event_json, response_for};
+use shardline_core::alert::Alert;
+use shardline_core::batch::{BatchConfig, BatchOutcome, BatchProcessor, Item};
+use shardline_core::ports::{
+    AlertSink, MAX_BATCH_GET, MAX_BATCH_WRITE, PartialKey, Put, Quarantine, WindowStore,
+};
+use shardline_core::window::rules::WindowRuleSet;
+use shardline_core::window::{
+    KeyKind, Metrics, Plan, ShardProgress, WindowConfig, WindowId, WindowPartial, apply_to_partial,
+    plan,
+};
+use shardline_core::{
+    DecodeLimits, InRecord, Poison, PoisonReason, RecordMeta, SeqNo, StoreError, Txn,
+};
+use tokio::time::Instant;
+
+/// The function's name.
+pub const FUNCTION: &str = "window-aggregator";
+/// Conditional writes in flight at once.
+const WRITE_CONCURRENCY: usize = 16;
+
+/// The invocation cannot be processed at all.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The event is not a Kinesis event.
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+}
+
+/// Settings that are not stores.
+#[derive(Clone, Debug)]
+pub struct AggregatorSettings {
+    /// Batch processing (retries, quarantine).
+    pub batch: BatchConfig,
+    /// Decode limits.
+    pub limits: DecodeLimits,
+    /// Windows kept and lateness.
+    pub windows: WindowConfig,
+    /// Threshold rules.
+    pub rules: WindowRuleSet,
+}
+
+impl Default for AggregatorSettings {
+    fn default() -> Self {
+        Self {
+            batch: BatchConfig::new(FUNCTION),
+            limits: DecodeLimits::default(),
+            windows: WindowConfig::default(),
+            rules: WindowRuleSet::default_rules(),
+        }
+    }
+}
+
+/// What one invocation did.
+#[derive(Debug)]
+pub struct Report {
+    /// The Lambda response.
+    pub response: KinesisEventResponse,
+    /// Poison handling and the retry point.
+    pub outcome: BatchOutcome,
+    /// Partials written.
+    pub partial_writes: usize,
+    /// Distinct (key, window) pairs touched.
+    pub windows_touched: usize,
+    /// Records applied to windows (on time).
+    pub applied: usize,
+    /// Late records sent to the side output.
+    pub late: usize,
+    /// Window alerts raised.
+    pub alerts: usize,
+}
+
+/// The stores an aggregator uses.
+pub struct Stores<W, A, Q> {
+    /// Windows table.
+    pub windows: W,
+    /// Alerts table.
+    pub alerts: A,
+    /// Quarantine (poison and late records).
+    pub quarantine: Q,
+}
+
+/// The window aggregator.
+pub struct Aggregator<W, A, Q> {
+    windows: W,
+    alerts: A,
+    processor: BatchProcessor<Q>,
+    settings: AggregatorSettings,
+}
+
+struct ShardResult {
+    lowest_failure: Option<SeqNo>,
+    partial_writes: usize,
+    windows_touched: usize,
+    applied: usize,
+    late: usize,
+    alerts: usize,
+}
+
+impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
+    /// An aggregator over these stores.
+    pub fn new(stores: Stores<W, A, Q>, settings: AggregatorSettings) -> Self {
+        Self {
+            windows: stores.windows,
+            alerts: stores.alerts,
+            processor: BatchProcessor::new(settings.batch.clone(), stores.quarantine),
+            settings,
+        }
+    }
+
+    /// The window store.
+    pub fn windows(&self) -> &W {
+        &self.windows
+    }
+
+    /// Handles one invocation payload (a Lambda Kinesis event, raw JSON).
+    pub async fn handle(
+        &self,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<Report, HandlerError> {
+        let records = decode_event_json(payload, &self.settings.limits)?;
+        Ok(self.handle_records(&records, deadline).await)
+    }
+
+    /// Handles decoded records.
+    pub async fn handle_records(
+        &self,
+        records: &[InRecord<Txn>],
+        deadline: Option<Instant>,
+    ) -> Report {
+        let mut by_shard: BTreeMap<&str, Vec<Item<'_, Txn>>> = BTreeMap::new();
+        for r in records {
+            if let Ok(body) = &r.body {
+                by_shard.entry(&r.meta.shard_id).or_default().push(Item {
+                    meta: &r.meta,
+                    body,
+                });
+            }
+        }
+        let mut lowest: Option<SeqNo> = None;
+        let mut late = 0;
+        let (mut partial_writes, mut windows_touched, mut applied, mut alerts) = (0, 0, 0, 0);
+        for (shard, mut items) in by_shard {
+            items.sort_by(|a, b| a.meta.pos.cmp(&b.meta.pos));
+            let r = self.shard(shard, &items).await;
+            if let Some(l) = r.lowest_failure
+                && lowest.as_ref().is_none_or(|x| l < *x)
+            {
+                lowest = Some(l);
+            }
+            late += r.late;
+            partial_writes += r.partial_writes;
+            windows_touched += r.windows_touched;
+            applied += r.applied;
+            alerts += r.alerts;
+        }
+        let outcome = self
+            .processor
+            .quarantine_only(records, Vec::new(), deadline, lowest)
+            .await;
+        Report {
+            response: response_for(outcome.failure_identifiers()),
+            outcome,
+            partial_writes,
+            windows_touched,
+            applied,
+            late,
+            alerts,
+        }
+    }
+
+    async fn shard(&self, shard: &str, items: &[Item<'_, Txn>]) -> ShardResult {
+        let first = items.first().map(|i| i.meta.pos.seq.clone());
+        let fail_all = || ShardResult {
+            lowest_failure: first.clone(),
+            partial_writes: 0,
+            windows_touched: 0,
+            applied: 0,
+            late: 0,
+            alerts: 0,
+        };
+        let progress = match self.windows.get_progress(shard).await {
+            Ok(p) => p.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "Shard progress read failed.");
+                return fail_all();
+            }
+        };
+        let cfg = &self.settings.windows;
+        let p: Plan = plan(items, &progress, cfg);
+        let watermark = p
+            .progress_after
+            .last()
+            .and_then(|s| s.max_event_ms)
+            .map(|m| m - cfg.lateness_ms);
+
+        let mut touched: BTreeMap<WindowId, KeyKind> = BTreeMap::new();
+        for (w, (k, _)) in p.on_time.iter().chain(&p.late_in) {
+            touched.insert(w.clone(), *k);
+        }
+        let keys: Vec<PartialKey> = touched.keys().map(|w| (w.pk(), w.sk(shard))).collect();
+        let mut stored: HashMap<PartialKey, WindowPartial> = HashMap::new();
+        for chunk in keys.chunks(MAX_BATCH_GET) {
+            let mut pending = chunk.to_vec();
+            for attempt in 1..=self.settings.batch.retry.max_attempts {
+                match self.windows.get_partials(&pending).await {
+                    Ok(read) => {
+                        stored.extend(
+                            read.found
+                                .into_iter()
+                                .map(|w| ((w.pk.clone(), w.sk.clone()), w)),
+                        );
+                        pending = read.unprocessed;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Window batch read failed."),
+                }
+                if pending.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(self.settings.batch.retry.backoff(attempt)).await;
+            }
+            if !pending.is_empty() {
+                return fail_all();
+            }
+        }
+
+        // Fold the new records into each touched partial, in memory.
+        let mut writes: Vec<(WindowPartial, Option<u64>, Vec<usize>)> = Vec::new();
+        for (w, kind) in &touched {
+            let key = (w.pk(), w.sk(shard));
+            let mut partial = stored
+                .remove(&key)
+                .unwrap_or_else(|| WindowPartial::new(w.clone(), shard, cfg));
+            let expected = (partial.version > 0).then_some(partial.version);
+            let on: Vec<&Item<'_, Txn>> = p
+                .on_time
+                .get(w)
+                .map(|(_, ix)| ix.iter().map(|&i| &items[i]).collect())
+                .unwrap_or_default();
+            let lt: Vec<&Item<'_, Txn>> = p
+                .late_in
+                .get(w)
+                .map(|(_, ix)| ix.iter().map(|&i| &items[i]).collect())
+                .unwrap_or_default();
+            let mut ix: Vec<usize> = p.on_time.get(w).map(|(_, v)| v.clone()).unwrap_or_default();
+            ix.extend(p.late_in.get(w).map(|(_, v)| v.clone()).unwrap_or_default());
+            if apply_to_partial(&mut partial, *kind, &on, &lt, watermark) {
+                partial.version += 1;
+                writes.push((partial, expected, ix));
+            }
+        }
+        let partial_writes = writes.len();
+        let results: Vec<(WindowPartial, Result<Put, StoreError>, Vec<usize>)> =
+            futures::stream::iter(writes)
+                .map(|(partial, expected, ix)| async move {
+                    let r = self.windows.put_partial(&partial, expected).await;
+                    (partial, r, ix)
+                })
+                .buffer_unordered(WRITE_CONCURRENCY)
+                .collect()
+                .await;
+        // The first record (by index) whose effect is not durable.
+        let mut failed_ix: Option<usize> = None;
+        for (partial, r, ix) in &results {
+            match r {
+                Ok(Put::Written) => {}
+                // A single writer should never lose a race; if it does, the retry re-reads.
+                Ok(Put::Conflict) => {
+                    tracing::warn!(pk = %partial.pk, "Window partial changed under its only writer.");
+                    note_failure(&mut failed_ix, ix);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, pk = %partial.pk, "Window partial write failed.");
+                    note_failure(&mut failed_ix, ix);
+                }
+            }
+        }
+
+        // Window rules on merged totals of the windows this batch touched.
+        let mut alerts: Vec<(Alert, usize)> = Vec::new();
+        for (w, kind) in &touched {
+            let rules: Vec<_> = self.settings.rules.for_window(*kind, w.width_ms).collect();
+            if rules.is_empty() {
+                continue;
+            }
+            let first_ix = p
+                .on_time
+                .get(w)
+                .and_then(|(_, v)| v.first().copied())
+                .unwrap_or(0);
+            match self.windows.window_partials(w).await {
+                Ok(parts) => {
+                    let mut total = Metrics::default();
+                    for part in &parts {
+                        total.merge(&part.metrics);
+                    }
+                    for rule in rules {
+                        if let Some(a) = self.settings.rules.evaluate(rule, w, &total) {
+                            alerts.push((a, first_ix));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Window total read failed.");
+                    note_failure(&mut failed_ix, &[first_ix]);
+                }
+            }
+        }
+        let alert_count = alerts.len();
+        for chunk in alerts.chunks(MAX_BATCH_WRITE) {
+            let batch: Vec<Alert> = chunk.iter().map(|(a, _)| a.clone()).collect();
+            if let Err(e) = self.alerts.put_alerts(&batch).await {
+                tracing::warn!(error = %e, "Window alert write failed.");
+                note_failure(
+                    &mut failed_ix,
+                    &chunk.iter().map(|(_, i)| *i).collect::<Vec<_>>(),
+                );
+            }
+        }
+
+        // The late side output (before the progress moves past the late records).
+        let late: Vec<(RecordMeta, Poison)> = p
+            .late
+            .iter()
+            .filter(|l| failed_ix.is_none_or(|f| l.index < f))
+            .map(|l| {
+                let windows = l
+                    .windows
+                    .iter()
+                    .map(|w| format!("{}@{}", w.pk(), w.start_ms))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (
+                    items[l.index].meta.clone(),
+                    Poison::new(
+                        PoisonReason::LateEvent {
+                            windows,
+                            watermark_ms: l.watermark_ms,
+                        },
+                        items[l.index].body.to_json().as_bytes(),
+                    ),
+                )
+            })
+            .collect();
+        let late_count = late.len();
+        let no_records: &[InRecord<Txn>] = &[];
+        let q = self
+            .processor
+            .quarantine_only(no_records, late, None, None)
+            .await;
+        if let Some(seq) = &q.lowest_failure
+            && let Some(i) = items.iter().position(|it| it.meta.pos.seq == *seq)
+        {
+            note_failure(&mut failed_ix, &[i]);
+        }
+
+        // Progress moves to the last record before the retry point.
+        let upto = failed_ix.unwrap_or(items.len());
+        let mut lowest_failure = failed_ix.map(|i| items[i].meta.pos.seq.clone());
+        if upto > 0
+            && let Some(next) = p.progress_after.get(upto - 1)
+            && *next != progress
+            && let Err(e) = self.put_progress(shard, next).await
+        {
+            tracing::warn!(error = %e, "Shard progress write failed.");
+            lowest_failure = first.clone();
+        }
+        let applied = p
+            .on_time
+            .values()
+            .flat_map(|(_, v)| v.iter())
+            .filter(|&&i| i < upto)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        ShardResult {
+            lowest_failure,
+            partial_writes,
+            windows_touched: touched.len(),
+            applied,
+            late: late_count,
+            alerts: alert_count,
+        }
+    }
+
+    async fn put_progress(&self, shard: &str, next: &ShardProgress) -> Result<(), StoreError> {
+        let retry = &self.settings.batch.retry;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.windows.put_progress(shard, next).await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if attempt < retry.max_attempts
+                        && e.class() == shardline_core::ErrorClass::Transient =>
+                {
+                    tokio::time::sleep(retry.backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Lowers the first failed record index to the smallest of `ix`.
+fn note_failure(failed: &mut Option<usize>, ix: &[usize]) {
+    if let Some(&m) = ix.iter().min() {
+        *failed = Some(failed.map_or(m, |f| f.min(m)));
+    }
+}

@@ -1,0 +1,64 @@
+//! Lambda entry point of window-aggregator: tracing, typed config and SDK clients once at
+//! cold start, then the runtime loop. All logic is in the library (`handler.rs`).
+
+use std::time::Instant;
+
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::value::RawValue;
+use shardline_aws::SqsQuarantine;
+use shardline_aws::dynamo::{DynamoAlertSink, DynamoWindowStore};
+use shardline_aws::sdk::{deadline_instant, load_sdk_config};
+use shardline_aws::telemetry::{BatchProcessed, init_tracing};
+use window_aggregator::{Aggregator, AggregatorSettings, Config, FUNCTION, Stores};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing();
+    let cfg = Config::from_env()?;
+    let sdk = load_sdk_config().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let mut settings = AggregatorSettings::default();
+    settings.windows.lateness_ms = cfg.lateness_ms;
+    let agg = Aggregator::new(
+        Stores {
+            windows: DynamoWindowStore::new(ddb.clone(), &cfg.windows_table),
+            alerts: DynamoAlertSink::new(ddb, &cfg.alerts_table),
+            quarantine: SqsQuarantine::new(
+                aws_sdk_sqs::Client::new(&sdk),
+                &cfg.quarantine_queue_url,
+            ),
+        },
+        settings,
+    );
+    let agg = &agg;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<Box<RawValue>>| async move {
+            let started = Instant::now();
+            let report = agg
+                .handle(
+                    event.payload.get().as_bytes(),
+                    Some(deadline_instant(event.context.deadline)),
+                )
+                .await?;
+            let mut metrics = BatchProcessed::from_outcome(
+                FUNCTION,
+                &report.outcome,
+                started.elapsed().as_secs_f64() * 1e3,
+            );
+            metrics.extra = vec![
+                ("WindowWrites", report.partial_writes as f64),
+                ("Late", report.late as f64),
+                ("Alerts", report.alerts as f64),
+            ];
+            metrics.emit();
+            tracing::info!(
+                records = report.outcome.records,
+                windows = report.windows_touched,
+                late = report.late,
+                "Batch processed."
+            );
+            Ok::<_, Error>(report.response)
+        },
+    ))
+    .await
+}
