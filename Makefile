@@ -31,5 +31,17 @@ clippy:
 unit: ## unit and property tests only (no emulator)
 	$(CARGO) test --workspace --lib --bins
 
-test: fmt-check clippy ## the whole suite: fmt, clippy, unit, property and emulator tests
+test: fmt-check clippy lint-template ## the whole suite: fmt, clippy, unit, property and emulator tests
 	$(WITH_EMULATORS) $(CARGO) test --workspace --all-targets
+
+TOOLS_BIN := .tools/venv-tools/bin
+export SAM_CLI_TELEMETRY := 0
+
+.PHONY: tools lint-template
+tools: ## install the pinned build and lint tools (cfn-lint, sam, cargo-lambda, zig, checkov) into .tools/
+	infra/local/install.sh tools checkov
+
+lint-template: tools ## validate template.yaml: cfn-lint, sam validate --lint, checkov
+	$(TOOLS_BIN)/cfn-lint template.yaml
+	$(TOOLS_BIN)/sam validate --lint --template template.yaml --region us-east-1
+	.tools/venv-checkov/bin/checkov -f template.yaml --quiet --compact --skip-download

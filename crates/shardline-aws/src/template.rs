@@ -147,6 +147,7 @@ impl Template {
         };
         res.iter()
             .filter(|(_, r)| r.get("Type").and_then(Value::as_str) == Some(ty))
+            .filter(|(_, r)| self.included(r))
             .map(|(k, r)| {
                 (
                     k.clone(),
@@ -192,6 +193,14 @@ impl Template {
         }
         self.physical = physical;
         Ok(())
+    }
+
+    /// False for a resource whose `Condition` is false (it is not created).
+    fn included(&self, resource: &Value) -> bool {
+        resource
+            .get("Condition")
+            .and_then(Value::as_str)
+            .is_none_or(|c| self.condition(c))
     }
 
     fn condition(&self, name: &str) -> bool {
@@ -382,7 +391,9 @@ impl Template {
         };
         let mut out = Vec::new();
         for (logical, r) in res {
-            if r.get("Type").and_then(Value::as_str) != Some("AWS::Serverless::Function") {
+            if r.get("Type").and_then(Value::as_str) != Some("AWS::Serverless::Function")
+                || !self.included(r)
+            {
                 continue;
             }
             let props = self.resolve(r.get("Properties").unwrap_or(&Value::Null));
@@ -414,7 +425,8 @@ impl Template {
                         .collect()
                 })
                 .unwrap_or_default();
-            let statements = props
+            // Statements of SAM `Policies`, and of the IAM role named by `Role`.
+            let mut statements: Vec<Value> = props
                 .get("Policies")
                 .and_then(Value::as_array)
                 .map(|ps| {
@@ -425,6 +437,22 @@ impl Template {
                         .collect()
                 })
                 .unwrap_or_default();
+            let role = r
+                .pointer("/Properties/Role/Fn::GetAtt/0")
+                .and_then(Value::as_str);
+            if let Some(role) = role.and_then(|l| self.resource(l)) {
+                let policies =
+                    self.resolve(role.pointer("/Properties/Policies").unwrap_or(&Value::Null));
+                for p in policies.as_array().into_iter().flatten() {
+                    statements.extend(
+                        p.pointer("/PolicyDocument/Statement")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .cloned(),
+                    );
+                }
+            }
             out.push(FunctionSpec {
                 logical_id: logical.clone(),
                 name: self

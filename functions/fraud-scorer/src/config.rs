@@ -32,6 +32,17 @@ pub const OPTIONAL_ENV: &[&str] = &[
     ENV_RULES_TTL_SECONDS,
 ];
 
+/// Every AWS action the function's code makes, with the variable naming the resource it
+/// acts on (the template consistency test checks the function's role grants each one).
+pub const IAM_ACTIONS: &[(&str, &str)] = &[
+    ("dynamodb:BatchGetItem", ENV_PROFILES_TABLE),
+    ("dynamodb:GetItem", ENV_PROFILES_TABLE),
+    ("dynamodb:PutItem", ENV_PROFILES_TABLE),
+    ("dynamodb:BatchWriteItem", ENV_ALERTS_TABLE),
+    ("dynamodb:GetItem", ENV_CONFIG_TABLE),
+    ("sqs:SendMessage", ENV_QUARANTINE_QUEUE_URL),
+];
+
 /// A configuration problem, naming the variable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -19,6 +19,17 @@ pub const REQUIRED_ENV: &[&str] = &[
 /// Variables the function reads when present.
 pub const OPTIONAL_ENV: &[&str] = &[ENV_ALLOWED_LATENESS_SECONDS];
 
+/// Every AWS action the function's code makes, with the variable naming the resource it
+/// acts on (the template consistency test checks the function's role grants each one).
+pub const IAM_ACTIONS: &[(&str, &str)] = &[
+    ("dynamodb:BatchGetItem", ENV_WINDOWS_TABLE),
+    ("dynamodb:GetItem", ENV_WINDOWS_TABLE),
+    ("dynamodb:PutItem", ENV_WINDOWS_TABLE),
+    ("dynamodb:Query", ENV_WINDOWS_TABLE),
+    ("dynamodb:BatchWriteItem", ENV_ALERTS_TABLE),
+    ("sqs:SendMessage", ENV_QUARANTINE_QUEUE_URL),
+];
+
 /// A configuration problem, naming the variable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
