@@ -45,3 +45,15 @@ lint-template: tools ## validate template.yaml: cfn-lint, sam validate --lint, c
 	$(TOOLS_BIN)/cfn-lint template.yaml
 	$(TOOLS_BIN)/sam validate --lint --template template.yaml --region us-east-1
 	.tools/venv-checkov/bin/checkov -f template.yaml --quiet --compact --skip-download
+
+.PHONY: build deploy
+build: ## sam build: both functions as arm64 Lambda binaries (cargo-lambda + zig), checked with `file`
+	infra/local/install.sh tools arm64
+	PATH="$(CURDIR)/$(TOOLS_BIN):$$PATH" $(TOOLS_BIN)/sam build --template template.yaml
+	@for f in FraudScorerFunction WindowAggregatorFunction; do \
+	  out=$$(file -b .aws-sam/build/$$f/bootstrap); echo "$$f: $$out"; \
+	  case "$$out" in *ELF*aarch64*|*ELF*ARM\ aarch64*) ;; *) echo "$$f is not an aarch64 ELF binary"; exit 1;; esac; \
+	done
+
+deploy: build ## sam deploy with samconfig.toml defaults (add GUIDED=1 the first time)
+	PATH="$(CURDIR)/$(TOOLS_BIN):$$PATH" $(TOOLS_BIN)/sam deploy $(if $(GUIDED),--guided,)

@@ -34,3 +34,28 @@ write(HERE, "late-beyond-lateness", event(late))
 # Duplicates: the test delivers this batch twice; the windows must count it once.
 dups = [txn(f"dup-{k}", f"tok_dup_{k % 2}", "m-dup", 2_500, m(30 * k)) for k in range(8)]
 write(HERE, "duplicates", event(dups))
+
+# Lambda tumbling-window mode (TumblingWindowInSeconds = 60): three invocations of one
+# window of one shard; state is empty in the files because Lambda fills it from the
+# previous response (the test and `shardline replay` carry it the same way).
+def window_event(txns, first, final):
+    ev = event(txns)
+    for i, r in enumerate(ev["Records"]):  # distinct positions across the three files
+        seq = str(int(r["kinesis"]["sequenceNumber"]) + first * 1_000_000)
+        r["kinesis"]["sequenceNumber"] = seq
+        r["eventID"] = r["eventID"].split(":")[0] + ":" + seq
+    ev.update({
+        "window": {"start": "2026-11-26T12:00:00Z", "end": "2026-11-26T12:01:00Z"},
+        "state": {},
+        "shardId": "shardId-000000000000",
+        "eventSourceARN": ev["Records"][0]["eventSourceARN"],
+        "isFinalInvokeForWindow": final,
+        "isWindowTerminatedEarly": False,
+    })
+    return ev
+
+
+tw = [txn(f"tw-{k}", f"tok_tw_{k % 3}", f"m-tw-{k % 2}", 1_000 + k, m(2 * k)) for k in range(12)]
+write(HERE, "tumbling-1", window_event(tw[:5], 0, False))
+write(HERE, "tumbling-2", window_event(tw[5:9], 5, False))
+write(HERE, "tumbling-3-final", window_event(tw[9:] + [], 9, True))

@@ -3,6 +3,7 @@
 #   install.sh emulators   moto[server] (venv) and kinesis-local (npm)   [default]
 #   install.sh tools       cfn-lint, aws-sam-cli, cargo-lambda, ziglang, aws-kinesis-agg
 #   install.sh checkov     checkov (own venv: its boto3 pin conflicts with aws-sam-cli)
+#   install.sh arm64       the Rust standard library for aarch64 Linux (rustup), for Lambda arm64 builds
 #   install.sh all
 # Each part is skipped when already installed from the same pinned file, so a second
 # run takes well under a second.
@@ -36,7 +37,10 @@ for part in "${@:-emulators}"; do
     emulators) install_venv "$EMU_VENV" "$ROOT/infra/local/requirements-emulators.txt"; install_node ;;
     tools) install_venv "$TOOLS_VENV" "$ROOT/infra/requirements-tools.txt" ;;
     checkov) install_venv "$CHECKOV_VENV" "$ROOT/infra/requirements-checkov.txt" ;;
-    all) "$0" emulators tools checkov ;;
-    *) die "unknown part '$part' (emulators, tools, checkov, all)" ;;
+    arm64)
+      rustup target list --installed | grep -qx aarch64-unknown-linux-gnu \
+        || rustup target add aarch64-unknown-linux-gnu ;;
+    all) "$0" emulators tools checkov arm64 ;;
+    *) die "unknown part '$part' (emulators, tools, checkov, arm64, all)" ;;
   esac
 done

@@ -126,6 +126,16 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         &self.windows
     }
 
+    /// The settings.
+    pub fn settings(&self) -> &AggregatorSettings {
+        &self.settings
+    }
+
+    /// The batch processor (quarantine).
+    pub fn processor(&self) -> &BatchProcessor<Q> {
+        &self.processor
+    }
+
     /// Handles one invocation payload (a Lambda Kinesis event, raw JSON).
     pub async fn handle(
         &self,

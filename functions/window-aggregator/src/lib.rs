@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod handler;
+pub mod tumbling;
 
 pub use config::Config;
 pub use handler::{Aggregator, AggregatorSettings, FUNCTION, Report, Stores};

@@ -1,5 +1,6 @@
 //! Lambda entry point of window-aggregator: tracing, typed config and SDK clients once at
-//! cold start, then the runtime loop. All logic is in the library (`handler.rs`).
+//! cold start, then the runtime loop. All logic is in the library (`handler.rs`,
+//! `tumbling.rs`); a payload with a `window` is Lambda's tumbling-window mode.
 
 use std::time::Instant;
 
@@ -9,6 +10,7 @@ use shardline_aws::SqsQuarantine;
 use shardline_aws::dynamo::{DynamoAlertSink, DynamoWindowStore};
 use shardline_aws::sdk::{deadline_instant, load_sdk_config};
 use shardline_aws::telemetry::{BatchProcessed, init_tracing};
+use window_aggregator::tumbling::is_time_window_event;
 use window_aggregator::{Aggregator, AggregatorSettings, Config, FUNCTION, Stores};
 
 #[tokio::main]
@@ -34,12 +36,14 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<Box<RawValue>>| async move {
             let started = Instant::now();
-            let report = agg
-                .handle(
-                    event.payload.get().as_bytes(),
-                    Some(deadline_instant(event.context.deadline)),
-                )
-                .await?;
+            let payload = event.payload.get().as_bytes();
+            let deadline = Some(deadline_instant(event.context.deadline));
+            if is_time_window_event(payload) {
+                // TumblingWindowInSeconds mode: the state travels in the response.
+                let resp = agg.handle_time_window(payload, deadline).await?;
+                return Ok::<_, Error>(serde_json::to_value(resp)?);
+            }
+            let report = agg.handle(payload, deadline).await?;
             let mut metrics = BatchProcessed::from_outcome(
                 FUNCTION,
                 &report.outcome,
@@ -57,7 +61,7 @@ async fn main() -> Result<(), Error> {
                 late = report.late,
                 "Batch processed."
             );
-            Ok::<_, Error>(report.response)
+            Ok::<_, Error>(serde_json::to_value(report.response)?)
         },
     ))
     .await

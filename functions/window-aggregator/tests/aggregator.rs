@@ -388,3 +388,106 @@ proptest! {
         prop_assert_eq!(split.quarantine.entries().len(), one.quarantine.entries().len());
     }
 }
+
+// ---------- Lambda tumbling-window mode ----------
+
+use window_aggregator::tumbling::{STATE_KEY, TumblingResponse, TumblingState};
+
+/// Runs the three tumbling fixtures as Lambda would, carrying the state from each
+/// response into the next event; `replay` re-sends each invocation once more with the
+/// state it was first given (a retry after a lost response).
+fn run_tumbling(world: &World, max_state: usize, replay: bool) -> Vec<TumblingResponse> {
+    let agg = world.agg(120_000);
+    let mut state = serde_json::json!({});
+    let mut out = Vec::new();
+    for name in ["tumbling-1", "tumbling-2", "tumbling-3-final"] {
+        let mut ev: serde_json::Value =
+            serde_json::from_slice(&fixture_bytes(&format!("window-aggregator/{name}.json")))
+                .unwrap();
+        ev["state"] = state.clone();
+        let payload = serde_json::to_vec(&ev).unwrap();
+        if replay {
+            rt().block_on(agg.handle_time_window_limited(&payload, None, max_state))
+                .unwrap();
+        }
+        let resp = rt()
+            .block_on(agg.handle_time_window_limited(&payload, None, max_state))
+            .unwrap();
+        assert!(resp.batch_item_failures.is_empty());
+        state = serde_json::to_value(&resp.state).unwrap();
+        out.push(resp);
+    }
+    out
+}
+
+fn tumbling_totals(world: &World) -> BTreeMap<String, (u64, i64, bool)> {
+    let mut out: BTreeMap<String, (u64, i64, bool)> = BTreeMap::new();
+    for p in world.windows.partials() {
+        let e = out.entry(p.pk.clone()).or_insert((0, 0, true));
+        e.0 += p.metrics.count;
+        e.1 += p.metrics.total_sum();
+        e.2 &= p.is_final;
+    }
+    out
+}
+
+#[test]
+fn tumbling_mode_carries_typed_state_and_flushes_on_the_final_invoke() {
+    let world = World::default();
+    let resps = run_tumbling(&world, 900_000, false);
+    let s1: TumblingState = serde_json::from_str(&resps[0].state[STATE_KEY]).unwrap();
+    assert_eq!(s1.keys["global"].count, 5, "state carries the first five");
+    let parts = world.windows.partials();
+    assert_eq!(
+        parts.len(),
+        3,
+        "one item per key: nothing was spilled before the final invoke"
+    );
+    assert!(parts.iter().all(|p| p.is_final));
+    let totals = tumbling_totals(&world);
+    let expected: BTreeMap<String, (u64, i64, bool)> = BTreeMap::from([
+        (
+            "global#1m".to_owned(),
+            (12, (0..12).map(|k| 1_000 + k).sum(), true),
+        ),
+        (
+            "merchant:m-tw-0#1m".to_owned(),
+            (
+                6,
+                (0..12).filter(|k| k % 2 == 0).map(|k| 1_000 + k).sum(),
+                true,
+            ),
+        ),
+        (
+            "merchant:m-tw-1#1m".to_owned(),
+            (
+                6,
+                (0..12).filter(|k| k % 2 == 1).map(|k| 1_000 + k).sum(),
+                true,
+            ),
+        ),
+    ]);
+    assert_eq!(totals, expected);
+    let last: TumblingState = serde_json::from_str(&resps[2].state[STATE_KEY]).unwrap();
+    assert!(last.keys.is_empty());
+}
+
+#[test]
+fn tumbling_state_over_the_limit_spills_and_retries_do_not_double_count() {
+    let plain = World::default();
+    run_tumbling(&plain, 900_000, false);
+    // A tiny limit forces a spill at every invocation; every invocation is also retried.
+    let spilled = World::default();
+    let resps = run_tumbling(&spilled, 10, true);
+    assert!(
+        spilled.windows.partials().len() > plain.windows.partials().len(),
+        "several spill items per key"
+    );
+    let s: TumblingState = serde_json::from_str(&resps[2].state[STATE_KEY]).unwrap();
+    assert_eq!(s.spills, 3);
+    let mut totals = tumbling_totals(&spilled);
+    for v in totals.values_mut() {
+        v.2 = true; // earlier spills are not final items; the totals are what matters
+    }
+    assert_eq!(totals, tumbling_totals(&plain));
+}

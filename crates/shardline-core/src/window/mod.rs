@@ -11,6 +11,7 @@
 
 pub mod hll;
 pub mod rules;
+pub mod view;
 
 use std::collections::BTreeMap;
 

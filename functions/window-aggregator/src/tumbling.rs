@@ -1,0 +1,211 @@
+//! Lambda's native tumbling windows (`TumblingWindowInSeconds`): Lambda groups records
+//! into windows by arrival time and carries a string map of state from one invocation
+//! of a window to the next (<https://docs.aws.amazon.com/lambda/latest/dg/services-kinesis-windows.html>).
+//!
+//! The state is typed ([`TumblingState`]) and serialised under one key. It must stay
+//! under Lambda's 1 MB per shard; when it would not, the aggregates are spilled to the
+//! windows table and the state starts afresh. Each spill is an item keyed by the position
+//! the state started from, so a retried invocation (which Lambda runs with the previous
+//! state) rewrites the same item with a superset instead of adding to it. The final
+//! invocation of a window writes the rest, marked final. The response carries the state
+//! and partial batch failures (the crate's response type has no such field, hence
+//! [`TumblingResponse`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use aws_lambda_events::event::streams::KinesisBatchItemFailure;
+use aws_lambda_events::time_window::TimeWindowProperties;
+use serde::{Deserialize, Serialize};
+use shardline_aws::kinesis::decode_event_json;
+use shardline_core::ports::{AlertSink, Put, Quarantine, WindowStore};
+use shardline_core::window::{KeyKind, Metrics, WindowConfig, WindowId, WindowPartial, key_of};
+use shardline_core::{Txn, seq::RecordPos};
+use tokio::time::Instant;
+
+use crate::handler::{Aggregator, HandlerError};
+
+/// The state map key holding shardline's state.
+pub const STATE_KEY: &str = "shardline.v1";
+/// Lambda's limit on the state of one shard.
+pub const LAMBDA_STATE_LIMIT: usize = 1024 * 1024;
+
+/// State carried between the invocations of one window of one shard.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TumblingState {
+    /// Padded position of the last record folded in (replay guard).
+    pub applied: String,
+    /// Padded position the aggregates below start after (the spill item's key).
+    pub since: String,
+    /// Aggregates per key (`merchant:<id>`, `global`) since `since`.
+    pub keys: BTreeMap<String, Metrics>,
+    /// Spills written so far for this window.
+    pub spills: u32,
+}
+
+/// The tumbling-window response: Lambda's state map plus partial batch failures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TumblingResponse {
+    /// State for the next invocation of this window.
+    pub state: HashMap<String, String>,
+    /// The lowest failed record, if any.
+    pub batch_item_failures: Vec<KinesisBatchItemFailure>,
+}
+
+/// True when an invocation payload is a tumbling-window event.
+pub fn is_time_window_event(payload: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        window: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Probe>(payload).is_ok_and(|p| p.window.is_some())
+}
+
+impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
+    /// Handles one tumbling-window invocation.
+    pub async fn handle_time_window(
+        &self,
+        payload: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<TumblingResponse, HandlerError> {
+        self.handle_time_window_limited(payload, deadline, LAMBDA_STATE_LIMIT * 9 / 10)
+            .await
+    }
+
+    /// As [`Self::handle_time_window`], spilling when the state would exceed `max_state`.
+    pub async fn handle_time_window_limited(
+        &self,
+        payload: &[u8],
+        deadline: Option<Instant>,
+        max_state: usize,
+    ) -> Result<TumblingResponse, HandlerError> {
+        let props: TimeWindowProperties =
+            serde_json::from_slice(payload).map_err(shardline_aws::kinesis::EnvelopeError::Json)?;
+        let records = decode_event_json(payload, &self.settings().limits)?;
+        let mut state: TumblingState = props
+            .state
+            .get(STATE_KEY)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default();
+        let shard = props
+            .shard_id
+            .clone()
+            .or_else(|| records.first().map(|r| r.meta.shard_id.to_string()))
+            .unwrap_or_default();
+        let start_ms = props.window.start.timestamp_millis();
+        let width_ms = props.window.end.timestamp_millis() - start_ms;
+
+        let mut items: Vec<(&RecordPos, &Txn)> = records
+            .iter()
+            .filter_map(|r| r.body.as_ref().ok().map(|t| (&r.meta.pos, t)))
+            .collect();
+        items.sort_by(|a, b| a.0.cmp(b.0));
+        for (pos, t) in items {
+            let padded = pos.to_padded();
+            if !state.applied.is_empty() && padded <= state.applied {
+                continue;
+            }
+            for kind in [KeyKind::Merchant, KeyKind::Global] {
+                state
+                    .keys
+                    .entry(key_of(kind, t))
+                    .or_default()
+                    .add_all([t], true);
+            }
+            state.applied = padded;
+        }
+
+        let mut failure: Option<String> = None;
+        let encoded = serde_json::to_string(&state).unwrap_or_default();
+        let must_flush = props.is_final_invoke_for_window || encoded.len() > max_state;
+        if must_flush && !state.keys.is_empty() {
+            match self
+                .spill(
+                    &shard,
+                    start_ms,
+                    width_ms,
+                    &state,
+                    props.is_final_invoke_for_window,
+                )
+                .await
+            {
+                Ok(()) => {
+                    state.spills += 1;
+                    state.since = state.applied.clone();
+                    state.keys.clear();
+                }
+                // Lambda retries this invocation with the previous state.
+                Err(()) => {
+                    failure = records
+                        .iter()
+                        .map(|r| &r.meta.pos.seq)
+                        .min()
+                        .map(ToString::to_string)
+                }
+            }
+        }
+        let outcome = self
+            .processor()
+            .quarantine_only(&records, Vec::new(), deadline, None)
+            .await;
+        let failure = failure.or_else(|| outcome.failure_identifiers().into_iter().next());
+        let mut resp = TumblingResponse::default();
+        if failure.is_none() {
+            resp.state.insert(
+                STATE_KEY.to_owned(),
+                serde_json::to_string(&state).unwrap_or_default(),
+            );
+        } else {
+            // Keep the state Lambda gave us: the retry starts from it.
+            resp.state = props.state.clone();
+        }
+        if let Some(id) = failure {
+            let mut f = KinesisBatchItemFailure::default();
+            f.item_identifier = Some(id);
+            resp.batch_item_failures.push(f);
+        }
+        Ok(resp)
+    }
+
+    async fn spill(
+        &self,
+        shard: &str,
+        start_ms: i64,
+        width_ms: i64,
+        state: &TumblingState,
+        is_final: bool,
+    ) -> Result<(), ()> {
+        let cfg: &WindowConfig = &self.settings().windows;
+        let mut writes = Vec::new();
+        for (key, metrics) in &state.keys {
+            let window = WindowId {
+                key: key.clone(),
+                width_ms,
+                start_ms,
+            };
+            // One item per spill, keyed by where the spilled aggregates start.
+            let mut p = WindowPartial::new(window, &format!("{shard}#t{}", state.since), cfg);
+            p.metrics = metrics.clone();
+            p.applied = state.applied.clone();
+            p.is_final = is_final;
+            p.version = 1;
+            writes.push(p);
+        }
+        for p in &writes {
+            // Overwrite: a retry of this spill carries a superset of the same records.
+            let existing = self
+                .windows()
+                .get_partials(&[(p.pk.clone(), p.sk.clone())])
+                .await
+                .map_err(|_| ())?;
+            let expected = existing.found.first().map(|e| e.version);
+            let mut p = p.clone();
+            p.version = expected.map_or(1, |v| v + 1);
+            match self.windows().put_partial(&p, expected).await {
+                Ok(Put::Written) => {}
+                _ => return Err(()),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! What the subcommands share: template loading, the emulator check, bootstrap.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use shardline_aws::template::{Template, scalar};
+
+/// Which template, with which parameters.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TemplateArgs {
+    /// The SAM template.
+    #[arg(long, default_value = "template.yaml")]
+    pub template: PathBuf,
+    /// Template parameters, NAME=VALUE (e.g. Stage=dev).
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+}
+
+impl TemplateArgs {
+    /// The template with the parameters applied.
+    pub fn load(&self) -> anyhow::Result<Template> {
+        let mut t = Template::load(&self.template)
+            .with_context(|| format!("reading {}", self.template.display()))?;
+        for p in &self.params {
+            let (k, v) = p
+                .split_once('=')
+                .with_context(|| format!("--param {p}: expected NAME=VALUE"))?;
+            t.set_param(k, v)?;
+        }
+        Ok(t)
+    }
+}
+
+/// The physical name of a template table, by logical id.
+pub fn table_name(t: &Template, logical: &str) -> anyhow::Result<String> {
+    t.resources_of_type("AWS::DynamoDB::Table")
+        .into_iter()
+        .find(|(l, _)| l == logical)
+        .map(|(_, p)| scalar(&p["TableName"]))
+        .with_context(|| format!("template declares no {logical}"))
+}
+
+/// Fails with instructions when the SDK is not pointed at an endpoint.
+pub fn check_endpoint() -> anyhow::Result<()> {
+    if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
+        bail!(
+            "AWS_ENDPOINT_URL is not set: run `make up` and export the variables it prints (or wrap the command in infra/local/with-emulators.sh)"
+        );
+    }
+    Ok(())
+}
+
+/// `shardline bootstrap`.
+pub async fn bootstrap_cmd(args: &TemplateArgs) -> anyhow::Result<()> {
+    check_endpoint()?;
+    let mut t = args.load()?;
+    let sdk = shardline_aws::sdk::load_sdk_config().await;
+    let report = shardline_aws::bootstrap::bootstrap(&sdk, &mut t)
+        .await
+        .context("bootstrap failed (are the emulators up? `make up`)")?;
+    for (kind, list) in [
+        ("stream", &report.streams),
+        ("table", &report.tables),
+        ("queue", &report.queues),
+    ] {
+        for (name, created) in list {
+            println!(
+                "{:<7} {:<44} {}",
+                kind,
+                name,
+                if *created { "created" } else { "exists" }
+            );
+        }
+    }
+    for f in t.functions() {
+        println!(
+            "function {} ({}): {} env vars, {} Kinesis mapping(s)",
+            f.name,
+            f.binary,
+            f.environment.len(),
+            f.kinesis_events.len()
+        );
+    }
+    Ok(())
+}
