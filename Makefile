@@ -57,3 +57,8 @@ build: ## sam build: both functions as arm64 Lambda binaries (cargo-lambda + zig
 
 deploy: build ## sam deploy with samconfig.toml defaults (add GUIDED=1 the first time)
 	PATH="$(CURDIR)/$(TOOLS_BIN):$$PATH" $(TOOLS_BIN)/sam deploy $(if $(GUIDED),--guided,)
+
+.PHONY: demo
+demo: ## the whole pipeline locally: emulators, resources, traffic, both functions, summary (KEEP=1 keeps the emulators)
+	$(CARGO) build -p shardline
+	SHARDLINE_KEEP_EMULATORS=$(if $(KEEP),1,0) $(WITH_EMULATORS) target/debug/shardline demo $(DEMO_ARGS)

@@ -64,7 +64,7 @@ async fn aggregator_on_fixtures_against_dynamodb_then_replay_changes_nothing() {
             .expect("template sets the aggregator's environment");
         let store = DynamoWindowStore::new(ddb.clone(), &config.windows_table);
         let mut settings = AggregatorSettings::default();
-        settings.windows.lateness_ms = config.lateness_ms;
+        config.apply(&mut settings);
         let agg = Aggregator::new(
             Stores {
                 windows: store.clone(),

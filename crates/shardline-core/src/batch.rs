@@ -238,12 +238,18 @@ impl<Q: Quarantine> BatchProcessor<Q> {
         }
 
         let op = &op;
-        let reports: Vec<KeyReport> =
-            futures::stream::iter(order.into_iter().filter_map(|k| groups.remove(k)))
-                .map(|items| self.run_key(items, deadline, op))
-                .buffer_unordered(self.cfg.max_concurrency.max(1))
-                .collect()
-                .await;
+        // The futures are built before the stream (no closure over `Item<'a>` is held
+        // across an await), which keeps the whole future `Send` for any `'a`.
+        let mut runs = Vec::with_capacity(order.len());
+        for k in order {
+            if let Some(items) = groups.remove(k) {
+                runs.push(self.run_key(items, deadline, op));
+            }
+        }
+        let reports: Vec<KeyReport> = futures::stream::iter(runs)
+            .buffer_unordered(self.cfg.max_concurrency.max(1))
+            .collect()
+            .await;
 
         for r in reports {
             outcome.succeeded += r.succeeded;

@@ -10,6 +10,9 @@ pub const ENV_QUARANTINE_QUEUE_URL: &str = "QUARANTINE_QUEUE_URL";
 /// Optional: allowed lateness in seconds (default 120).
 pub const ENV_ALLOWED_LATENESS_SECONDS: &str = "ALLOWED_LATENESS_SECONDS";
 
+/// Optional: per-card window widths in minutes, comma-separated ("" or unset: none).
+pub const ENV_CARD_WINDOW_MINUTES: &str = "CARD_WINDOW_MINUTES";
+
 /// Variables the function must be given.
 pub const REQUIRED_ENV: &[&str] = &[
     ENV_WINDOWS_TABLE,
@@ -17,7 +20,7 @@ pub const REQUIRED_ENV: &[&str] = &[
     ENV_QUARANTINE_QUEUE_URL,
 ];
 /// Variables the function reads when present.
-pub const OPTIONAL_ENV: &[&str] = &[ENV_ALLOWED_LATENESS_SECONDS];
+pub const OPTIONAL_ENV: &[&str] = &[ENV_ALLOWED_LATENESS_SECONDS, ENV_CARD_WINDOW_MINUTES];
 
 /// Every AWS action the function's code makes, with the variable naming the resource it
 /// acts on (the template consistency test checks the function's role grants each one).
@@ -37,7 +40,9 @@ pub enum ConfigError {
     #[error("environment variable {0} is not set")]
     Missing(&'static str),
     /// A variable does not parse.
-    #[error("environment variable {name} = {value:?} is not a whole number of seconds")]
+    #[error(
+        "environment variable {name} = {value:?} is not a whole number (of seconds, or of minutes for windows)"
+    )]
     Invalid {
         /// The variable.
         name: &'static str,
@@ -57,9 +62,20 @@ pub struct Config {
     pub quarantine_queue_url: String,
     /// Allowed lateness, ms.
     pub lateness_ms: i64,
+    /// Per-card window widths, ms (empty: no per-card windows).
+    pub card_widths_ms: Vec<i64>,
 }
 
 impl Config {
+    /// Applies the configuration to aggregator settings.
+    pub fn apply(&self, settings: &mut crate::AggregatorSettings) {
+        settings.windows.lateness_ms = self.lateness_ms;
+        settings.windows.widths.insert(
+            shardline_core::window::KeyKind::Card,
+            self.card_widths_ms.clone(),
+        );
+    }
+
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
@@ -81,7 +97,24 @@ impl Config {
                 })? * 1000
             }
         };
+        let card_widths_ms = match get(ENV_CARD_WINDOW_MINUTES) {
+            None => Vec::new(),
+            Some(v) => v
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(|m| {
+                    m.parse::<i64>()
+                        .map(|m| m * 60_000)
+                        .map_err(|_| ConfigError::Invalid {
+                            name: ENV_CARD_WINDOW_MINUTES,
+                            value: v.clone(),
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        };
         Ok(Self {
+            card_widths_ms,
             windows_table: req(ENV_WINDOWS_TABLE)?,
             alerts_table: req(ENV_ALERTS_TABLE)?,
             quarantine_queue_url: req(ENV_QUARANTINE_QUEUE_URL)?,
@@ -103,16 +136,34 @@ mod tests {
     }
 
     #[test]
+    fn card_windows_are_off_unless_configured() {
+        let c = Config::from_lookup(|k| (k != ENV_CARD_WINDOW_MINUTES).then(|| "1".to_owned()))
+            .unwrap();
+        assert!(c.card_widths_ms.is_empty());
+        let c = Config::from_lookup(|k| {
+            Some(if k == ENV_CARD_WINDOW_MINUTES {
+                "15, 60".into()
+            } else {
+                "1".into()
+            })
+        })
+        .unwrap();
+        assert_eq!(c.card_widths_ms, vec![900_000, 3_600_000]);
+    }
+
+    #[test]
     fn lateness_defaults_to_two_minutes_and_parses() {
-        let c =
-            Config::from_lookup(|k| (k != ENV_ALLOWED_LATENESS_SECONDS).then(|| "x".to_owned()))
-                .unwrap();
+        let c = Config::from_lookup(|k| {
+            (k != ENV_ALLOWED_LATENESS_SECONDS && k != ENV_CARD_WINDOW_MINUTES)
+                .then(|| "x".to_owned())
+        })
+        .unwrap();
         assert_eq!(c.lateness_ms, 120_000);
         let c = Config::from_lookup(|k| {
-            Some(if k == ENV_ALLOWED_LATENESS_SECONDS {
-                "30".into()
-            } else {
-                "x".into()
+            Some(match k {
+                ENV_ALLOWED_LATENESS_SECONDS => "30".into(),
+                ENV_CARD_WINDOW_MINUTES => String::new(),
+                _ => "x".into(),
             })
         })
         .unwrap();

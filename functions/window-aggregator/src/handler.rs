@@ -51,6 +51,10 @@ pub struct AggregatorSettings {
     pub windows: WindowConfig,
     /// Threshold rules.
     pub rules: WindowRuleSet,
+    /// A window's merged total is read for a rule only when this shard's part reaches
+    /// this share of the rule's threshold. 1 / (shards writing a window) never misses an
+    /// alert; the default 0.25 is exact up to four shards per key.
+    pub rule_local_share: f64,
 }
 
 impl Default for AggregatorSettings {
@@ -60,6 +64,7 @@ impl Default for AggregatorSettings {
             limits: DecodeLimits::default(),
             windows: WindowConfig::default(),
             rules: WindowRuleSet::default_rules(),
+            rule_local_share: 0.25,
         }
     }
 }
@@ -222,7 +227,15 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         for (w, (k, _)) in p.on_time.iter().chain(&p.late_in) {
             touched.insert(w.clone(), *k);
         }
-        let keys: Vec<PartialKey> = touched.keys().map(|w| (w.pk(), w.sk(shard))).collect();
+        // Only a window this shard already had events in can have a partial of this
+        // shard: one that starts after the largest applied event time cannot, and is not
+        // read. (Should one exist anyway, from a batch that failed after writing it, the
+        // conditional write fails and the window is read and applied again below.)
+        let keys: Vec<PartialKey> = touched
+            .keys()
+            .filter(|w| progress.max_event_ms.is_some_and(|m| w.start_ms <= m))
+            .map(|w| (w.pk(), w.sk(shard)))
+            .collect();
         let mut stored: HashMap<PartialKey, WindowPartial> = HashMap::new();
         for chunk in keys.chunks(MAX_BATCH_GET) {
             let mut pending = chunk.to_vec();
@@ -249,6 +262,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         }
 
         // Fold the new records into each touched partial, in memory.
+        let mut local: HashMap<WindowId, Metrics> = HashMap::new();
         let mut writes: Vec<(WindowPartial, Option<u64>, Vec<usize>)> = Vec::new();
         for (w, kind) in &touched {
             let key = (w.pk(), w.sk(shard));
@@ -268,17 +282,60 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
                 .unwrap_or_default();
             let mut ix: Vec<usize> = p.on_time.get(w).map(|(_, v)| v.clone()).unwrap_or_default();
             ix.extend(p.late_in.get(w).map(|(_, v)| v.clone()).unwrap_or_default());
-            if apply_to_partial(&mut partial, *kind, &on, &lt, watermark) {
+            let changed = apply_to_partial(&mut partial, *kind, &on, &lt, watermark);
+            if self
+                .settings
+                .rules
+                .for_window(*kind, w.width_ms)
+                .next()
+                .is_some()
+            {
+                local.insert(w.clone(), partial.metrics.clone());
+            }
+            if changed {
                 partial.version += 1;
                 writes.push((partial, expected, ix));
             }
         }
         let partial_writes = writes.len();
+        let plan_ref = &p;
         let results: Vec<(WindowPartial, Result<Put, StoreError>, Vec<usize>)> =
             futures::stream::iter(writes)
                 .map(|(partial, expected, ix)| async move {
                     let r = self.windows.put_partial(&partial, expected).await;
-                    (partial, r, ix)
+                    if !matches!(r, Ok(Put::Conflict)) {
+                        return (partial, r, ix);
+                    }
+                    // Stored after all: read it and apply the records it lacks.
+                    let key = (partial.pk.clone(), partial.sk.clone());
+                    let Ok(Some(mut stored)) = self
+                        .windows
+                        .get_partials(&[key])
+                        .await
+                        .map(|r| r.found.into_iter().next())
+                    else {
+                        return (partial, r, ix);
+                    };
+                    let window = stored.window.clone();
+                    let kind = plan_ref
+                        .on_time
+                        .get(&window)
+                        .or_else(|| plan_ref.late_in.get(&window))
+                        .map_or(KeyKind::Global, |(k, _)| *k);
+                    let pick =
+                        |m: &BTreeMap<WindowId, (KeyKind, Vec<usize>)>| -> Vec<&Item<'_, Txn>> {
+                            m.get(&window)
+                                .map(|(_, v)| v.iter().map(|&i| &items[i]).collect())
+                                .unwrap_or_default()
+                        };
+                    let (on, lt) = (pick(&plan_ref.on_time), pick(&plan_ref.late_in));
+                    let expected = Some(stored.version);
+                    if !apply_to_partial(&mut stored, kind, &on, &lt, watermark) {
+                        return (stored, Ok(Put::Written), ix);
+                    }
+                    stored.version += 1;
+                    let r = self.windows.put_partial(&stored, expected).await;
+                    (stored, r, ix)
                 })
                 .buffer_unordered(WRITE_CONCURRENCY)
                 .collect()
@@ -303,7 +360,19 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         // Window rules on merged totals of the windows this batch touched.
         let mut alerts: Vec<(Alert, usize)> = Vec::new();
         for (w, kind) in &touched {
-            let rules: Vec<_> = self.settings.rules.for_window(*kind, w.width_ms).collect();
+            // Only windows where this shard's part alone reaches the rule's share of the
+            // threshold can have crossed it: the others cost no read.
+            let share = self.settings.rule_local_share;
+            let rules: Vec<_> = self
+                .settings
+                .rules
+                .for_window(*kind, w.width_ms)
+                .filter(|r| {
+                    local
+                        .get(w)
+                        .is_some_and(|m| r.metric.value(m) >= r.value * share)
+                })
+                .collect();
             if rules.is_empty() {
                 continue;
             }

@@ -20,7 +20,7 @@ async fn main() -> Result<(), Error> {
     let sdk = load_sdk_config().await;
     let ddb = aws_sdk_dynamodb::Client::new(&sdk);
     let mut settings = AggregatorSettings::default();
-    settings.windows.lateness_ms = cfg.lateness_ms;
+    cfg.apply(&mut settings);
     let agg = Aggregator::new(
         Stores {
             windows: DynamoWindowStore::new(ddb.clone(), &cfg.windows_table),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use shardline_core::batch::{BatchConfig, RetryPolicy};
 use shardline_core::event::{AuthResult, Channel, Location};
-use shardline_core::window::{MINUTE_MS, Metrics, WindowConfig, WindowId, windows_of};
+use shardline_core::window::{KeyKind, MINUTE_MS, Metrics, WindowConfig, WindowId, windows_of};
 use shardline_core::{InRecord, PoisonReason, RecordMeta, RecordPos, SeqNo, Txn};
 use shardline_testkit::{MemAlerts, MemQuarantine, MemWindows, fixture_bytes, repo_root};
 use window_aggregator::{Aggregator, AggregatorSettings, Stores};
@@ -25,7 +25,10 @@ struct World {
 
 impl World {
     fn agg(&self, lateness_ms: i64) -> Aggregator<&MemWindows, &MemAlerts, &MemQuarantine> {
-        let mut s = AggregatorSettings::default();
+        let mut s = AggregatorSettings {
+            windows: test_windows(),
+            ..Default::default()
+        };
         s.windows.lateness_ms = lateness_ms;
         s.batch = BatchConfig {
             retry: RetryPolicy {
@@ -53,6 +56,13 @@ impl World {
         }
         out
     }
+}
+
+/// The default windows plus per-card hourly windows, so every key kind is exercised.
+fn test_windows() -> WindowConfig {
+    let mut w = WindowConfig::default();
+    w.widths.insert(KeyKind::Card, vec![60 * MINUTE_MS]);
+    w
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -145,7 +155,7 @@ fn assert_same(stored: &BTreeMap<WindowId, Metrics>, expected: &BTreeMap<WindowI
 
 #[test]
 fn one_write_per_key_and_window_whatever_the_record_count() {
-    let cfg = WindowConfig::default();
+    let cfg = test_windows();
     for n in [50usize, 500] {
         let world = World::default();
         // Five cards, three merchants, all within one minute: few windows, many records.
@@ -265,10 +275,7 @@ fn failed_write_is_reported_and_the_retry_completes() {
         .unwrap();
     rt().block_on(agg.handle_records(&recs[from..], None));
     let events: Vec<&Txn> = recs.iter().map(|r| r.body.as_ref().unwrap()).collect();
-    assert_same(
-        &world.totals(),
-        &recompute(&events, &WindowConfig::default()),
-    );
+    assert_same(&world.totals(), &recompute(&events, &test_windows()));
 }
 
 #[test]
@@ -330,7 +337,7 @@ proptest! {
             events.iter().enumerate().filter(|(_, e)| e.0 == s).map(|(i, (_, card, m, amt, dt))| rec(s, i, txn(i, *card, *m, *amt, T0 + dt))).collect()
         }).collect();
         let all: Vec<&Txn> = recs_by_shard.iter().flatten().map(|r| r.body.as_ref().unwrap()).collect();
-        let expected = recompute(&all, &WindowConfig::default());
+        let expected = recompute(&all, &test_windows());
 
         let world = World::default();
         let agg = world.agg(i64::MAX / 4);

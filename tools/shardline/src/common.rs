@@ -83,3 +83,11 @@ pub async fn bootstrap_cmd(args: &TemplateArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Wall-clock time, epoch ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

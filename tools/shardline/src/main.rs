@@ -1,18 +1,16 @@
 //! `shardline`: the command line for working with shardline locally.
-//!
-//! - `bootstrap` creates the streams, tables and queues of `template.yaml` in the
-//!   endpoint the AWS SDK is pointed at (the local emulators), idempotently.
-//! - `replay` runs a function in process on Lambda event fixtures: the handler that is
-//!   deployed, against in-memory stores.
-//! - `query windows` reads windowed aggregates back, merged across shards.
-
-mod common;
-mod query;
-mod replay;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use shardline::common::{TemplateArgs, check_endpoint, now_ms};
+use shardline::producer::{PutOptions, put_all};
+use shardline::runner::{Clients, Mapping, RunOptions, http_invoker, run};
+use shardline::traffic::{GenConfig, generate, summary};
+use shardline::{Function, common, demo, query, replay};
+use std::io::IsTerminal;
 
 #[derive(Parser)]
 #[command(
@@ -25,20 +23,89 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Out {
+    /// PutRecords onto the template's input stream.
+    Stream,
+    /// One JSON event per line.
+    Ndjson,
+    /// Lambda KinesisEvent fixture files.
+    Fixtures,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Create template.yaml's streams, tables and queues in the local emulators.
     Bootstrap {
         #[command(flatten)]
-        template: common::TemplateArgs,
+        template: TemplateArgs,
     },
-    /// Run a function in process on fixture files (Lambda Kinesis events), in order, with
-    /// state carried from one file to the next.
+    /// Generate labelled synthetic transaction traffic.
+    Gen {
+        /// Background transactions (fraud scenarios add a few hundred).
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Seed: the same seed gives the same traffic.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Cards in the population.
+        #[arg(long, default_value_t = 10_000)]
+        cards: usize,
+        /// Merchants in the population.
+        #[arg(long, default_value_t = 400)]
+        merchants: usize,
+        /// Event-time span, ending now.
+        #[arg(long, default_value = "60m", value_parser = query::parse_duration_ms)]
+        span: i64,
+        /// Rate multiplier of the burst.
+        #[arg(long, default_value_t = 3.0)]
+        peak_factor: f64,
+        /// Where the records go.
+        #[arg(long, value_enum, default_value = "stream")]
+        out: Out,
+        /// Output file (ndjson) or folder (fixtures).
+        #[arg(long, default_value = ".local-run/traffic")]
+        path: PathBuf,
+        /// Records per fixture file.
+        #[arg(long, default_value_t = 500)]
+        batch_size: usize,
+        /// The ground-truth labels (NDJSON), never in the events.
+        #[arg(long, default_value = ".local-run/labels.ndjson")]
+        labels: PathBuf,
+        /// Records per second onto the stream (0: as fast as it takes them).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// KPL-aggregate the records.
+        #[arg(long)]
+        kpl: bool,
+        #[command(flatten)]
+        template: TemplateArgs,
+    },
+    /// The local event source mapping: read the stream's shards and invoke the functions
+    /// as Lambda does.
+    Run {
+        /// Only this function (default: every function of the template).
+        #[arg(value_enum)]
+        function: Option<Function>,
+        /// Invoke through the Lambda Invoke API at this URL (e.g. http://127.0.0.1:9000
+        /// for `cargo lambda watch`) instead of in process.
+        #[arg(long)]
+        invoke: Option<String>,
+        /// Stop when every shard is drained.
+        #[arg(long)]
+        until_idle: bool,
+        /// Stop after this long in any case.
+        #[arg(long, default_value = "60m", value_parser = query::parse_duration_ms)]
+        max_duration: i64,
+        #[command(flatten)]
+        template: TemplateArgs,
+    },
+    /// Run a function in process on fixture files, state carried from file to file.
     Replay {
         /// The function.
         #[arg(value_enum)]
         function: Function,
-        /// Fixture files.
+        /// Fixture files (Lambda Kinesis events).
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Compare with each fixture's golden file (`<fixture>.expected.json`).
@@ -48,15 +115,24 @@ enum Command {
     /// Read stored results.
     #[command(subcommand)]
     Query(query::Query),
-}
-
-/// A function of the stack.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Function {
-    /// Fraud scoring.
-    FraudScorer,
-    /// Windowed aggregation.
-    WindowAggregator,
+    /// The whole pipeline end to end on the local emulators, with a summary.
+    Demo {
+        /// Background transactions.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Stage of the demo's resources (default: a fresh one per run).
+        #[arg(long)]
+        stage: Option<String>,
+        /// Event-time span of the traffic, ending now.
+        #[arg(long, default_value = "20m", value_parser = query::parse_duration_ms)]
+        span: i64,
+        /// The SAM template.
+        #[arg(long, default_value = "template.yaml")]
+        template: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -70,5 +146,172 @@ async fn main() -> anyhow::Result<()> {
             expect,
         } => replay::run(function, &files, expect).await,
         Command::Query(q) => query::run(q).await,
+        Command::Demo {
+            events,
+            seed,
+            stage,
+            span,
+            template,
+        } => {
+            let stage = stage.unwrap_or_else(|| format!("demo{}", (now_ms() / 1000) % 1_000_000));
+            demo::demo(demo::DemoConfig {
+                events,
+                seed,
+                stage,
+                template,
+                span_ms: span,
+            })
+            .await
+        }
+        Command::Gen {
+            events,
+            seed,
+            cards,
+            merchants,
+            span,
+            peak_factor,
+            out,
+            path,
+            batch_size,
+            labels,
+            rate,
+            kpl,
+            template,
+        } => {
+            let cfg = GenConfig {
+                seed,
+                events,
+                cards,
+                merchants,
+                span_ms: span,
+                end_ms: now_ms(),
+                peak_factor,
+                ..GenConfig::default()
+            };
+            let g = generate(&cfg);
+            if let Some(dir) = labels.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let lines: Vec<String> = g
+                .labels
+                .iter()
+                .map(serde_json::to_string)
+                .collect::<Result<_, _>>()?;
+            std::fs::write(&labels, lines.join("\n") + "\n")
+                .with_context(|| format!("writing {}", labels.display()))?;
+            match out {
+                Out::Stream => {
+                    check_endpoint()?;
+                    let t = template.load()?;
+                    let stream = t
+                        .physical()
+                        .get("InputStream")
+                        .context("template has no InputStream")?
+                        .reference
+                        .clone();
+                    let sdk = shardline_aws::sdk::load_sdk_config().await;
+                    let k = aws_sdk_kinesis::Client::new(&sdk);
+                    shardline::runner::check_stream(&k, &stream).await?;
+                    let n = put_all(
+                        &k,
+                        &stream,
+                        &g.records,
+                        &PutOptions {
+                            rate,
+                            kpl,
+                            progress: std::io::stderr().is_terminal(),
+                        },
+                    )
+                    .await?;
+                    eprintln!(
+                        "put {} user records as {n} Kinesis records onto {stream}",
+                        g.records.len()
+                    );
+                }
+                Out::Ndjson => {
+                    if let Some(dir) = path.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    let body: Vec<u8> = g
+                        .records
+                        .iter()
+                        .flat_map(|r| r.data.iter().copied().chain([b'\n']))
+                        .collect();
+                    std::fs::write(&path, body)?;
+                }
+                Out::Fixtures => {
+                    std::fs::create_dir_all(&path)?;
+                    for (i, chunk) in g.records.chunks(batch_size.max(1)).enumerate() {
+                        let ev = shardline::traffic::fixture_event(chunk, i * batch_size);
+                        std::fs::write(
+                            path.join(format!("batch-{i:04}.json")),
+                            serde_json::to_vec_pretty(&ev)?,
+                        )?;
+                    }
+                }
+            }
+            for (k, v) in summary(&g) {
+                eprintln!("  {k:<28} {v}");
+            }
+            eprintln!("labels in {}", labels.display());
+            Ok(())
+        }
+        Command::Run {
+            function,
+            invoke,
+            until_idle,
+            max_duration,
+            template,
+        } => {
+            check_endpoint()?;
+            let mut t = template.load()?;
+            let sdk = shardline_aws::sdk::load_sdk_config().await;
+            // Queue URLs (the functions' environment) come from the emulator.
+            shardline_aws::bootstrap::bootstrap(&sdk, &mut t)
+                .await
+                .context("resources (run `shardline bootstrap` first)")?;
+            let clients = Clients::new(&sdk);
+            let mut runs = Vec::new();
+            for f in t
+                .functions()
+                .into_iter()
+                .filter(|f| function.is_none_or(|want| want.binary() == f.binary))
+            {
+                let m = Mapping::from_template(&f, &t)?;
+                let invoker = match &invoke {
+                    Some(url) => http_invoker(url, &f.binary),
+                    None => shardline::invoke::in_process(&f, &sdk)?,
+                };
+                let on_failure = m.on_failure_arn.as_ref().and_then(|arn| {
+                    t.physical()
+                        .values()
+                        .find(|p| &p.arn == arn)
+                        .map(|p| p.reference.clone())
+                });
+                let opts = RunOptions {
+                    until_idle,
+                    max_duration: Duration::from_millis(max_duration as u64),
+                    status: std::io::stderr().is_terminal(),
+                    ..RunOptions::default()
+                };
+                let clients = clients.clone();
+                runs.push(tokio::spawn(async move {
+                    run(m, clients, invoker, on_failure, opts)
+                        .await
+                        .map(|s| (f.binary, s))
+                }));
+            }
+            for r in runs {
+                let (name, s) = r.await??;
+                eprintln!(
+                    "{name}: {} records, {} batches, {} retries, {} batches to OnFailure",
+                    s.records.load(std::sync::atomic::Ordering::Relaxed),
+                    s.batches.load(std::sync::atomic::Ordering::Relaxed),
+                    s.retries.load(std::sync::atomic::Ordering::Relaxed),
+                    s.on_failure.load(std::sync::atomic::Ordering::Relaxed)
+                );
+            }
+            Ok(())
+        }
     }
 }

@@ -34,6 +34,7 @@ pub enum Query {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// The template (for the windows table's name).
         #[command(flatten)]
         template: TemplateArgs,
     },

@@ -113,9 +113,21 @@ pub fn amount_z(p: &CardProfile, t: &Txn) -> f64 {
     ((t.amount_minor as f64).ln_1p() - p.amt_mean) / sd
 }
 
-/// Speed from the previous event's place to this one, km/h. Events closer than a
-/// minute count as a minute apart, so one GPS jump cannot make an infinite speed.
+/// True for channels where the card is physically at the merchant: only these say where
+/// the cardholder is (an online merchant's address says nothing about the buyer).
+pub fn card_present(t: &Txn) -> bool {
+    matches!(
+        t.channel,
+        crate::event::Channel::Pos | crate::event::Channel::Atm
+    )
+}
+
+/// Speed from the previous card-present event's place to this one, km/h. Events closer
+/// than a minute count as a minute apart, so one GPS jump cannot make an infinite speed.
 pub fn travel_kmh(p: &CardProfile, t: &Txn) -> f64 {
+    if !card_present(t) {
+        return 0.0;
+    }
     let Some(last) = p.last_time_ms else {
         return 0.0;
     };
@@ -274,6 +286,10 @@ mod tests {
         assert!((5_700.0..5_900.0).contains(&kmh), "{kmh}");
         // Same city: no travel.
         assert_eq!(travel_kmh(&p, &txn(3, T0, 1_000, "c")), 0.0);
+        // Online: the merchant's address says nothing about where the card is.
+        let mut online = paris.clone();
+        online.channel = Channel::Ecom;
+        assert_eq!(travel_kmh(&p, &online), 0.0);
         // An event older than the last one says nothing about travel.
         assert_eq!(travel_kmh(&p, &txn(3, T0 - 7_200_000, 1_000, "c")), 0.0);
     }

@@ -59,10 +59,10 @@ pub struct CardProfile {
     /// Transactions within the last hour of event time, oldest first.
     #[serde(default)]
     pub recent: VecDeque<RecentTxn>,
-    /// Latest event time seen, epoch ms.
+    /// Time of the latest card-present event, epoch ms.
     #[serde(default)]
     pub last_time_ms: Option<i64>,
-    /// Latitude of the latest event.
+    /// Latitude of the latest card-present event.
     #[serde(default)]
     pub last_lat: f64,
     /// Longitude of the latest event.
@@ -163,7 +163,10 @@ impl CardProfile {
             self.recent.pop_front();
         }
 
-        if self.last_time_ms.is_none_or(|last| t.event_time_ms >= last) {
+        // The last *card-present* place and time: where the cardholder was.
+        if crate::fraud::features::card_present(t)
+            && self.last_time_ms.is_none_or(|last| t.event_time_ms >= last)
+        {
             self.last_time_ms = Some(t.event_time_ms);
             self.last_lat = t.location.lat;
             self.last_lon = t.location.lon;

@@ -314,7 +314,7 @@ mod tests {
         );
         assert_eq!(
             fired(Features {
-                new_card_burst: 8,
+                new_card_burst: 12,
                 ..Default::default()
             })
             .reasons,

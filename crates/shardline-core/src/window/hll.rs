@@ -13,15 +13,10 @@ pub const REGISTERS: usize = 1 << PRECISION;
 /// Relative standard error, 1.04 / sqrt(m).
 pub const STD_ERROR: f64 = 0.0325;
 
-/// HyperLogLog registers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// HyperLogLog registers; empty until the first item (a window that does not count
+/// distinct cards stores nothing).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hll(#[serde(with = "serde_bytes")] Vec<u8>);
-
-impl Default for Hll {
-    fn default() -> Self {
-        Self(vec![0; REGISTERS])
-    }
-}
 
 /// 64-bit FNV-1a followed by the SplitMix64 finaliser: stable across processes and
 /// Rust versions, well mixed in the high bits HLL uses.
@@ -54,10 +49,10 @@ impl Hll {
     /// Merges another sketch into this one (register-wise max): associative,
     /// commutative, idempotent.
     pub fn merge(&mut self, other: &Hll) {
-        self.ensure();
         if other.0.len() != REGISTERS {
             return;
         }
+        self.ensure();
         for (a, b) in self.0.iter_mut().zip(&other.0) {
             *a = (*a).max(*b);
         }
@@ -107,6 +102,7 @@ mod tests {
     #[test]
     fn merge_equals_union() {
         let (mut a, mut b, mut all) = (Hll::default(), Hll::default(), Hll::default());
+        assert_eq!(a.estimate(), 0.0);
         for i in 0..3_000 {
             let k = format!("c{i}");
             if i % 2 == 0 {

@@ -63,7 +63,10 @@ impl Default for WindowConfig {
                     KeyKind::Global,
                     vec![MINUTE_MS, 5 * MINUTE_MS, 15 * MINUTE_MS],
                 ),
-                (KeyKind::Card, vec![15 * MINUTE_MS, 60 * MINUTE_MS]),
+                // Per-card windows cost about one write per record (few records of one
+                // card share a window) and repeat the scorer's per-card velocity and
+                // spend features, so they are off unless configured (CARD_WINDOW_MINUTES).
+                (KeyKind::Card, vec![]),
             ]),
             lateness_ms: 2 * MINUTE_MS,
             retention_ms: 7 * 24 * 60 * MINUTE_MS,
@@ -481,7 +484,7 @@ mod tests {
         assert_eq!(window_start(-1, MINUTE_MS), -MINUTE_MS);
         let t = txn(0, 15 * MINUTE_MS + 5, 100, "m", false);
         let ws = windows_of(&t, &WindowConfig::default());
-        assert_eq!(ws.len(), 8);
+        assert_eq!(ws.len(), 6);
         assert!(ws.iter().all(|(_, w)| w.start_ms % w.width_ms == 0
             && w.start_ms <= t.event_time_ms
             && t.event_time_ms < w.end_ms()));
@@ -534,11 +537,11 @@ mod tests {
             vec![MINUTE_MS, MINUTE_MS]
         );
         assert_eq!(p.late[1].index, 3);
-        assert_eq!(p.late[1].windows.len(), 7);
-        // Every record is either on time or late in each of its 8 windows.
+        assert_eq!(p.late[1].windows.len(), 6);
+        // Every record is either on time or late in each of its 6 windows.
         let on: usize = p.on_time.values().map(|(_, v)| v.len()).sum();
         let late: usize = p.late_in.values().map(|(_, v)| v.len()).sum();
-        assert_eq!(on + late, 4 * 8);
+        assert_eq!(on + late, 4 * 6);
     }
 
     #[test]
