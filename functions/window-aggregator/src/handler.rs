@@ -84,6 +84,8 @@ pub struct Report {
     pub applied: usize,
     /// Late records sent to the side output.
     pub late: usize,
+    /// Producer duplicates skipped (an event id the shard applied recently).
+    pub duplicates: usize,
     /// Window alerts raised.
     pub alerts: usize,
 }
@@ -112,6 +114,7 @@ struct ShardResult {
     windows_touched: usize,
     applied: usize,
     late: usize,
+    duplicates: usize,
     alerts: usize,
 }
 
@@ -168,6 +171,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         }
         let mut lowest: Option<SeqNo> = None;
         let mut late = 0;
+        let mut duplicates = 0;
         let (mut partial_writes, mut windows_touched, mut applied, mut alerts) = (0, 0, 0, 0);
         for (shard, mut items) in by_shard {
             items.sort_by(|a, b| a.meta.pos.cmp(&b.meta.pos));
@@ -178,6 +182,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
                 lowest = Some(l);
             }
             late += r.late;
+            duplicates += r.duplicates;
             partial_writes += r.partial_writes;
             windows_touched += r.windows_touched;
             applied += r.applied;
@@ -194,6 +199,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             windows_touched,
             applied,
             late,
+            duplicates,
             alerts,
         }
     }
@@ -206,6 +212,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             windows_touched: 0,
             applied: 0,
             late: 0,
+            duplicates: 0,
             alerts: 0,
         };
         let progress = match self.windows.get_progress(shard).await {
@@ -450,10 +457,9 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         // Progress moves to the last record before the retry point.
         let upto = failed_ix.unwrap_or(items.len());
         let mut lowest_failure = failed_ix.map(|i| items[i].meta.pos.seq.clone());
-        if upto > 0
-            && let Some(next) = p.progress_after.get(upto - 1)
-            && *next != progress
-            && let Err(e) = self.put_progress(shard, next).await
+        if let Some(next) = p.progress_at(upto)
+            && next != progress
+            && let Err(e) = self.put_progress(shard, &next).await
         {
             tracing::warn!(error = %e, "Shard progress write failed.");
             lowest_failure = first.clone();
@@ -471,6 +477,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             windows_touched: touched.len(),
             applied,
             late: late_count,
+            duplicates: p.duplicates.len(),
             alerts: alert_count,
         }
     }

@@ -687,21 +687,23 @@ async fn deliver(ctx: &Ctx, shard: &str, batch: Vec<Record>) -> anyhow::Result<(
                 pending.push_front((b, attempts));
             }
             Err(function_error) => {
-                attempts += 1;
                 tracing::debug!(error = %function_error, records = b.len(), "Function error.");
+                ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
+                if ctx.m.bisect && b.len() > 1 {
+                    // Splitting a batch does not count against the retry quota:
+                    // <https://docs.aws.amazon.com/lambda/latest/dg/services-kinesis-errors.html>.
+                    let second = b.split_off(b.len() / 2);
+                    pending.push_front((second, attempts));
+                    pending.push_front((b, attempts));
+                    continue;
+                }
+                attempts += 1;
                 if exhausted(ctx, attempts) {
                     send_on_failure(ctx, shard, &b, "RetryAttemptsExhausted", attempts).await?;
                     continue;
                 }
-                ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(backoff(attempts)).await;
-                if ctx.m.bisect && b.len() > 1 {
-                    let second = b.split_off(b.len() / 2);
-                    pending.push_front((second, attempts));
-                    pending.push_front((b, attempts));
-                } else {
-                    pending.push_front((b, attempts));
-                }
+                pending.push_front((b, attempts));
             }
         }
     }

@@ -319,6 +319,21 @@ pub struct ShardProgress {
     pub max_event_ms: Option<i64>,
     /// Padded position of the last record whose effects are all durable.
     pub applied: String,
+    /// Hashes of the latest event ids applied (little-endian u64s, at most
+    /// [`RECENT_IDS`]): a producer's duplicate send (same event, new sequence number)
+    /// within that distance is counted once.
+    #[serde(with = "serde_bytes", default)]
+    pub recent: Vec<u8>,
+}
+
+/// Event ids a shard remembers to drop producer duplicates (16 KiB in the item).
+pub const RECENT_IDS: usize = 2048;
+
+fn ring_of(bytes: &[u8]) -> std::collections::VecDeque<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect()
 }
 
 /// A record that arrived after one of its windows was final.
@@ -343,8 +358,29 @@ pub struct Plan {
     /// Late records, for the side output.
     pub late: Vec<Late>,
     /// Watermark-relevant state after each record: `progress_after[i]` is the shard
-    /// progress once records `..=i` are applied.
+    /// progress once records `..=i` are applied (without the id ring; see
+    /// [`Plan::progress_at`]).
     pub progress_after: Vec<ShardProgress>,
+    /// Records skipped as producer duplicates (an event id the shard applied recently).
+    pub duplicates: Vec<usize>,
+    start_ring: Vec<u8>,
+    new_ids: Vec<(usize, u64)>,
+}
+
+impl Plan {
+    /// The shard's progress once records `..upto` are applied, id ring included.
+    pub fn progress_at(&self, upto: usize) -> Option<ShardProgress> {
+        let mut p = self.progress_after.get(upto.checked_sub(1)?)?.clone();
+        let mut ring = ring_of(&self.start_ring);
+        for (_, h) in self.new_ids.iter().take_while(|(i, _)| *i < upto) {
+            ring.push_back(*h);
+        }
+        while ring.len() > RECENT_IDS {
+            ring.pop_front();
+        }
+        p.recent = ring.iter().flat_map(|h| h.to_le_bytes()).collect();
+        Some(p)
+    }
 }
 
 /// Plans one shard's records (sorted by position) against its stored progress. Records
@@ -352,18 +388,44 @@ pub struct Plan {
 /// record meets the watermark of everything before it in the shard, so the verdict
 /// (on time or late) is the same however the stream is split into batches or replayed.
 pub fn plan(items: &[Item<'_, Txn>], progress: &ShardProgress, cfg: &WindowConfig) -> Plan {
-    let mut p = Plan::default();
+    let mut p = Plan {
+        start_ring: progress.recent.clone(),
+        ..Plan::default()
+    };
     let mut max_event = progress.max_event_ms;
     let mut applied = progress.applied.clone();
+    let mut ring = ring_of(&progress.recent);
+    let mut seen: std::collections::HashSet<u64> = ring.iter().copied().collect();
     for (i, it) in items.iter().enumerate() {
         let pos = it.meta.pos.to_padded();
         if !applied.is_empty() && pos <= applied {
             p.progress_after.push(ShardProgress {
                 max_event_ms: max_event,
                 applied: applied.clone(),
+                recent: Vec::new(),
             });
             continue;
         }
+        let h = hll::stable_hash(&it.body.event_id);
+        if seen.contains(&h) {
+            // A producer sent this event twice: the first copy already counted.
+            p.duplicates.push(i);
+            applied = pos;
+            p.progress_after.push(ShardProgress {
+                max_event_ms: max_event,
+                applied: applied.clone(),
+                recent: Vec::new(),
+            });
+            continue;
+        }
+        seen.insert(h);
+        ring.push_back(h);
+        if ring.len() > RECENT_IDS
+            && let Some(old) = ring.pop_front()
+        {
+            seen.remove(&old);
+        }
+        p.new_ids.push((i, h));
         let watermark = max_event.map(|m| m - cfg.lateness_ms);
         let mut missed = Vec::new();
         for (kind, w) in windows_of(it.body, cfg) {
@@ -394,6 +456,7 @@ pub fn plan(items: &[Item<'_, Txn>], progress: &ShardProgress, cfg: &WindowConfi
         p.progress_after.push(ShardProgress {
             max_event_ms: max_event,
             applied: applied.clone(),
+            recent: Vec::new(),
         });
     }
     p
@@ -558,9 +621,9 @@ mod tests {
             .collect();
         let full = plan(&items, &ShardProgress::default(), &cfg);
         let first = plan(&items[..3], &ShardProgress::default(), &cfg);
-        let rest = plan(&items, &first.progress_after[2], &cfg);
+        let rest = plan(&items, &first.progress_at(3).unwrap(), &cfg);
         let count = |p: &Plan| p.on_time.values().map(|(_, v)| v.len()).sum::<usize>();
         assert_eq!(count(&first) + count(&rest), count(&full));
-        assert_eq!(rest.progress_after[5], full.progress_after[5]);
+        assert_eq!(rest.progress_at(6), full.progress_at(6));
     }
 }

@@ -1,0 +1,199 @@
+//! The local event source mapping's failure handling, with a function that fails on a
+//! chosen record: retry from a reported sequence number, bisection of a failing batch,
+//! and the OnFailure destination receiving the record after MaximumRetryAttempts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shardline::producer::{PutOptions, put_all};
+use shardline::runner::{Clients, InvokeFuture, Invoker, Mapping, RunOptions, run};
+use shardline::traffic::GenRecord;
+use shardline_aws::bootstrap::bootstrap;
+use shardline_aws::template::Template;
+use shardline_testkit::repo_root;
+use shardline_tests::{emulator_config, unique};
+
+type Calls = Arc<Mutex<Vec<Vec<String>>>>;
+
+/// A function that records each invocation's sequence numbers and answers with `answer`.
+fn function(
+    calls: Calls,
+    answer: impl Fn(&[String]) -> Result<Value, String> + Send + Sync + 'static,
+) -> Invoker {
+    let answer = Arc::new(answer);
+    Arc::new(move |payload: Vec<u8>| -> InvokeFuture {
+        let (calls, answer) = (calls.clone(), answer.clone());
+        Box::pin(async move {
+            let ev: Value = serde_json::from_slice(&payload).unwrap();
+            let seqs: Vec<String> = ev["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["kinesis"]["sequenceNumber"].as_str().unwrap().to_owned())
+                .collect();
+            calls.lock().unwrap().push(seqs.clone());
+            answer(&seqs)
+        })
+    })
+}
+
+async fn setup(n: usize) -> (Template, Clients, Mapping, Vec<String>, String) {
+    let sdk = emulator_config().await;
+    let digits: String = unique("r").chars().filter(char::is_ascii_digit).collect();
+    let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
+    t.set_param("Stage", &format!("r{}", &digits[digits.len() - 12..]))
+        .unwrap();
+    t.set_param("StreamMode", "PROVISIONED").unwrap();
+    bootstrap(&sdk, &mut t).await.unwrap();
+    let clients = Clients::new(&sdk);
+    let stream = t.physical()["InputStream"].reference.clone();
+    // One partition key: every record on one shard, in order.
+    let recs: Vec<GenRecord> = (0..n)
+        .map(|i| GenRecord {
+            partition_key: "tok_one".into(),
+            data: format!("{{\"n\":{i}}}").into_bytes(),
+            txn: None,
+            duplicate: false,
+        })
+        .collect();
+    put_all(&clients.kinesis, &stream, &recs, &PutOptions::default())
+        .await
+        .unwrap();
+    let f = t
+        .functions()
+        .into_iter()
+        .find(|f| f.binary == "fraud-scorer")
+        .unwrap();
+    let mut m = Mapping::from_template(&f, &t).unwrap();
+    m.batch_size = n;
+    m.parallelization = 1;
+    // The sequence numbers, in order, read back from the stream.
+    let mut seqs = Vec::new();
+    for s in clients
+        .kinesis
+        .list_shards()
+        .stream_name(&stream)
+        .send()
+        .await
+        .unwrap()
+        .shards()
+    {
+        let it = clients
+            .kinesis
+            .get_shard_iterator()
+            .stream_name(&stream)
+            .shard_id(s.shard_id())
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .unwrap();
+        let got = clients
+            .kinesis
+            .get_records()
+            .shard_iterator(it.shard_iterator().unwrap())
+            .send()
+            .await
+            .unwrap();
+        seqs.extend(got.records().iter().map(|r| r.sequence_number().to_owned()));
+    }
+    assert_eq!(seqs.len(), n);
+    let on_failure = t.physical()["OnFailureQueue"].reference.clone();
+    (t, clients, m, seqs, on_failure)
+}
+
+fn opts() -> RunOptions {
+    RunOptions {
+        poll_interval: Duration::from_millis(50),
+        idle_polls: 2,
+        ..RunOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_reported_failure_is_retried_from_its_sequence_number() {
+    let (_t, clients, m, seqs, on_failure) = setup(12).await;
+    let calls: Calls = Arc::default();
+    let bad = seqs[7].clone();
+    let failed_once = Arc::new(Mutex::new(false));
+    let invoker = function(calls.clone(), move |batch| {
+        let mut f = failed_once.lock().unwrap();
+        if !*f && batch.contains(&bad) {
+            *f = true;
+            return Ok(json!({"batchItemFailures": [{"itemIdentifier": bad}]}));
+        }
+        Ok(json!({"batchItemFailures": []}))
+    });
+    run(m, clients, invoker, Some(on_failure), opts())
+        .await
+        .unwrap();
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0], seqs);
+    assert_eq!(
+        calls[1],
+        seqs[7..].to_vec(),
+        "the retry starts at the reported record"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_record_is_isolated_by_bisection_then_sent_to_on_failure() {
+    let (_t, clients, mut m, seqs, on_failure) = setup(16).await;
+    m.max_retry_attempts = 2;
+    assert!(m.bisect, "the template turns BisectBatchOnFunctionError on");
+    let calls: Calls = Arc::default();
+    let bad = seqs[5].clone();
+    let bad2 = bad.clone();
+    let invoker = function(calls.clone(), move |batch| {
+        if batch.contains(&bad2) {
+            Err("boom".into())
+        } else {
+            Ok(json!({"batchItemFailures": []}))
+        }
+    });
+    let stats = run(
+        m,
+        clients.clone(),
+        invoker,
+        Some(on_failure.clone()),
+        opts(),
+    )
+    .await
+    .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    // Halving: 16 -> 8 -> 4 -> 2 -> 1, then the lone record twice more (the retries).
+    let sizes: Vec<usize> = calls
+        .iter()
+        .filter(|c| c.contains(&bad))
+        .map(Vec::len)
+        .collect();
+    assert_eq!(sizes, vec![16, 8, 4, 2, 1, 1, 1]);
+    // Every other record was delivered in a batch that succeeded.
+    for s in seqs.iter().filter(|s| **s != bad) {
+        assert!(
+            calls.iter().any(|c| c.contains(s) && !c.contains(&bad)),
+            "{s} never succeeded"
+        );
+    }
+    assert_eq!(
+        stats.on_failure.load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let out = clients
+        .sqs
+        .receive_message()
+        .queue_url(&on_failure)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.messages().len(), 1);
+    let rec: Value = serde_json::from_str(out.messages()[0].body().unwrap()).unwrap();
+    assert_eq!(rec["requestContext"]["condition"], "RetryAttemptsExhausted");
+    assert_eq!(rec["KinesisBatchInfo"]["startSequenceNumber"], json!(bad));
+    assert_eq!(rec["KinesisBatchInfo"]["endSequenceNumber"], json!(bad));
+    assert_eq!(rec["KinesisBatchInfo"]["batchSize"], 1);
+}
