@@ -50,8 +50,12 @@ pub fn check_endpoint() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `shardline bootstrap`.
-pub async fn bootstrap_cmd(args: &TemplateArgs) -> anyhow::Result<()> {
+/// `shardline bootstrap`; with `env_dir`, also writes each function's resolved
+/// environment as `<dir>/<binary>.env` (for `cargo lambda watch --env-file`).
+pub async fn bootstrap_cmd(
+    args: &TemplateArgs,
+    env_dir: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     check_endpoint()?;
     let mut t = args.load()?;
     let sdk = shardline_aws::sdk::load_sdk_config().await;
@@ -80,6 +84,17 @@ pub async fn bootstrap_cmd(args: &TemplateArgs) -> anyhow::Result<()> {
             f.environment.len(),
             f.kinesis_events.len()
         );
+        if let Some(dir) = env_dir {
+            std::fs::create_dir_all(dir)?;
+            let path = dir.join(format!("{}.env", f.binary));
+            let body: String = f
+                .environment
+                .iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect();
+            std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;
+            println!("  environment in {}", path.display());
+        }
     }
     Ok(())
 }

@@ -39,6 +39,10 @@ enum Command {
     Bootstrap {
         #[command(flatten)]
         template: TemplateArgs,
+        /// Also write each function's environment to <DIR>/<function>.env (for
+        /// `cargo lambda watch --env-file`).
+        #[arg(long, value_name = "DIR")]
+        env_dir: Option<PathBuf>,
     },
     /// Generate labelled synthetic transaction traffic.
     Gen {
@@ -139,7 +143,9 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     shardline_aws::telemetry::init_tracing();
     match Cli::parse().command {
-        Command::Bootstrap { template } => common::bootstrap_cmd(&template).await,
+        Command::Bootstrap { template, env_dir } => {
+            common::bootstrap_cmd(&template, env_dir.as_deref()).await
+        }
         Command::Replay {
             function,
             files,

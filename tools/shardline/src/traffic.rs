@@ -414,9 +414,14 @@ pub fn generate(cfg: &GenConfig) -> Generated {
                     let window_start = shardline_core::window::window_start(t0, 15 * 60_000);
                     // Cards from the merchant's own city, so the spike is the only signal.
                     let city = g.merchants[m].city;
-                    let locals: Vec<usize> = (0..g.cards.len() - 200)
+                    // (The last cards are the attacked ones; keep them out of it.)
+                    let reserved = (g.cards.len() / 2).min(200);
+                    let mut locals: Vec<usize> = (0..g.cards.len() - reserved)
                         .filter(|&c| g.cards[c].city == city)
                         .collect();
+                    if locals.is_empty() {
+                        locals = (0..g.cards.len()).collect();
+                    }
                     for i in 0..30 {
                         let c = locals[g.rng.random_range(0..locals.len())];
                         let amt = g.amount(c);
