@@ -62,3 +62,8 @@ deploy: build ## sam deploy with samconfig.toml defaults (add GUIDED=1 the first
 demo: ## the whole pipeline locally: emulators, resources, traffic, both functions, summary (KEEP=1 keeps the emulators)
 	$(CARGO) build -p shardline
 	SHARDLINE_KEEP_EMULATORS=$(if $(KEEP),1,0) $(WITH_EMULATORS) target/debug/shardline demo $(DEMO_ARGS)
+
+.PHONY: bench
+bench: ## figures of BENCHMARKS.md: criterion benches, then `shardline bench` (release) against the emulators
+	$(CARGO) build --release -p shardline -p fraud-scorer -p window-aggregator
+	$(WITH_EMULATORS) target/release/shardline bench

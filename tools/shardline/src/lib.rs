@@ -2,6 +2,8 @@
 //! line does: the generator, the producer, the local event source mapping, in-process
 //! invocation, the demo.
 
+pub mod baseline;
+pub mod bench;
 pub mod common;
 pub mod demo;
 pub mod invoke;

@@ -119,6 +119,22 @@ enum Command {
     /// Read stored results.
     #[command(subcommand)]
     Query(query::Query),
+    /// Measure throughput, DynamoDB requests, latency, memory, cold start and binary
+    /// sizes; print one table (see BENCHMARKS.md).
+    Bench {
+        /// Seconds per throughput measurement.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Injected delay per DynamoDB request for the latency rows, ms.
+        #[arg(long, default_value_t = 10)]
+        delay_ms: u64,
+        /// Only the in-process throughput rows (no emulator needed).
+        #[arg(long)]
+        throughput_only: bool,
+        /// The SAM template.
+        #[arg(long, default_value = "template.yaml")]
+        template: PathBuf,
+    },
     /// The whole pipeline end to end on the local emulators, with a summary.
     Demo {
         /// Background transactions.
@@ -320,4 +336,66 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn bench_cmd(seconds: f64, delay_ms: u64, throughput_only: bool, template: &std::path::Path) -> anyhow::Result<()> {
+    use shardline::bench;
+    let root = std::env::current_dir()?;
+    let full = bench::batch(None, false);
+    println!("shardline bench: {} cores, full batch {} records / {:.2} MB ({} bytes per record with the envelope)", std::thread::available_parallelism().map_or(1, |n| n.get()), full.records, full.json.len() as f64 / 1e6, full.json.len() / full.records);
+    println!("\n{:<56} {:>14} {:>9}", "in process, one core (in-memory stores)", "records/s", "MB/s");
+    for (name, r, mb) in bench::throughput(Duration::from_secs_f64(seconds)) {
+        println!("{name:<56} {r:>14.0} {mb:>9.1}");
+    }
+    if throughput_only {
+        return Ok(());
+    }
+    check_endpoint()?;
+    let sdk = shardline_aws::sdk::load_sdk_config().await;
+    println!("\n{:<28} {:>10} {:>22} {:>16}", "DynamoDB requests", "batch", "requests / 1000 rec", "naive / 1000 rec");
+    for (f, n, per) in bench::requests(&sdk, template).await? {
+        println!("{f:<28} {n:>10} {per:>22.1} {:>16}", 2000);
+    }
+    println!("\n{:<28} {:>10} {:>10} {:>12} {:>14}", format!("latency, {delay_ms} ms per request"), "records", "requests", "batch ms", "round trips*");
+    for (f, n, reqs, ms) in bench::latency(&sdk, template, Duration::from_millis(delay_ms)).await? {
+        println!("{f:<28} {n:>10} {reqs:>10} {ms:>12.0} {:>14.1}", ms / delay_ms as f64);
+    }
+    println!("  * batch time / per-request delay: the sequential round trips the batch waited for");
+    println!("\n{:<28} {:>14} {:>16}", "function binary (host)", "cold start ms", "peak RSS (6 MB)");
+    let mut t = shardline_aws::template::Template::load(template)?;
+    t.set_param("Stage", &format!("bm{}", now_ms() % 100_000_000))?;
+    shardline_aws::bootstrap::bootstrap(&sdk, &mut t).await?;
+    for f in t.functions() {
+        let bin = bench::release_binary(&root, &f.binary);
+        if !bin.exists() {
+            println!("{:<28} {:>14} (build it: cargo build --release -p {})", f.binary, "-", f.binary);
+            continue;
+        }
+        let mut env: std::collections::HashMap<String, String> = f.environment.clone().into_iter().collect();
+        for k in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KINESIS", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"] {
+            if let Ok(v) = std::env::var(k) {
+                env.insert(k.into(), v);
+            }
+        }
+        let mut starts = Vec::new();
+        let mut rss = 0;
+        for i in 0..5 {
+            let event: &[u8] = if i == 0 { &full.json } else { b"{\"Records\":[]}" };
+            let (ms, hwm) = bench::runtime_stub::run_once(&bin, &env, event).await?;
+            starts.push(ms);
+            if i == 0 {
+                rss = hwm;
+            }
+        }
+        starts.sort_by(f64::total_cmp);
+        println!("{:<28} {:>14.1} {:>13.1} MB", f.binary, starts[starts.len() / 2], rss as f64 / 1024.0);
+    }
+    println!("\n{:<28} {:>14}", "arm64 bootstrap (stripped)", "size");
+    for (f, size) in bench::binary_sizes(&root) {
+        match size {
+            Some(b) => println!("{f:<28} {:>11.1} MB", b as f64 / 1024.0 / 1024.0),
+            None => println!("{f:<28} {:>14} (run `make build`)", "-"),
+        }
+    }
+    Ok(())
 }
