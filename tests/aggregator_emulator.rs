@@ -11,14 +11,8 @@ use shardline_aws::template::Template;
 use shardline_core::window::view::{sliding_rows, tumbling_rows};
 use shardline_core::window::{MINUTE_MS, WindowPartial, pk_for};
 use shardline_testkit::{fixture_bytes, repo_root};
-use shardline_tests::{emulator_config, unique};
+use shardline_tests::{emulator_config, stage};
 use window_aggregator::{Aggregator, AggregatorSettings, Config, Stores};
-
-fn stage() -> String {
-    let u = unique("w");
-    let digits: String = u.chars().filter(char::is_ascii_digit).collect();
-    format!("w{}", &digits[digits.len().saturating_sub(12)..])
-}
 
 async fn scan(ddb: &aws_sdk_dynamodb::Client, table: &str) -> Vec<WindowPartial> {
     let out = ddb
@@ -53,7 +47,7 @@ async fn aggregator_on_fixtures_against_dynamodb_then_replay_changes_nothing() {
         "duplicates",
     ] {
         let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
-        t.set_param("Stage", &stage()).unwrap();
+        t.set_param("Stage", &stage('w')).unwrap();
         bootstrap(&cfg, &mut t).await.expect("bootstrap");
         let f = t
             .functions()

@@ -18,7 +18,7 @@ use shardline::traffic::{GenConfig, generate};
 use shardline_aws::bootstrap::bootstrap;
 use shardline_aws::template::Template;
 use shardline_testkit::repo_root;
-use shardline_tests::{emulator_config, unique};
+use shardline_tests::{emulator_config, stage};
 
 fn cargo_lambda() -> PathBuf {
     let bin = repo_root().join(".tools/venv-tools/bin/cargo-lambda");
@@ -45,10 +45,8 @@ impl Drop for Watch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cargo_lambda_watch_serves_fixtures_and_the_stream() {
     let sdk = emulator_config().await;
-    let digits: String = unique("c").chars().filter(char::is_ascii_digit).collect();
     let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
-    t.set_param("Stage", &format!("c{}", &digits[digits.len() - 12..]))
-        .unwrap();
+    t.set_param("Stage", &stage('c')).unwrap();
     t.set_param("StreamMode", "PROVISIONED").unwrap();
     bootstrap(&sdk, &mut t).await.unwrap();
     let f = t

@@ -21,35 +21,7 @@ use shardline_core::ports::QuarantineEntry;
 use shardline_core::window::{Metrics, WindowConfig, WindowId, WindowPartial, windows_of};
 use shardline_core::{PoisonReason, Txn};
 use shardline_testkit::repo_root;
-use shardline_tests::{emulator_config, unique};
-
-fn stage() -> String {
-    let digits: String = unique("e").chars().filter(char::is_ascii_digit).collect();
-    format!("e{}", &digits[digits.len().saturating_sub(12)..])
-}
-
-async fn scan(
-    ddb: &aws_sdk_dynamodb::Client,
-    table: &str,
-) -> Vec<HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
-    let mut items = Vec::new();
-    let mut start = None;
-    loop {
-        let out = ddb
-            .scan()
-            .table_name(table)
-            .consistent_read(true)
-            .set_exclusive_start_key(start)
-            .send()
-            .await
-            .unwrap();
-        items.extend(out.items().iter().cloned());
-        start = out.last_evaluated_key().cloned();
-        if start.is_none() {
-            return items;
-        }
-    }
-}
+use shardline_tests::{emulator_config, stage};
 
 async fn run_all(t: &Template, sdk: &aws_config::SdkConfig, opts: RunOptions) {
     let clients = Clients::new(sdk);
@@ -86,7 +58,7 @@ async fn pipeline_survives_reshard_restart_duplicates_and_poison() {
     let sdk = emulator_config().await;
     let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
     for (k, v) in [
-        ("Stage", stage().as_str()),
+        ("Stage", stage('e').as_str()),
         ("StreamMode", "PROVISIONED"),
         ("ShardCount", "4"),
         ("AllowedLatenessSeconds", "86400"),
@@ -201,7 +173,10 @@ async fn pipeline_survives_reshard_restart_duplicates_and_poison() {
     }
     let windows_table = shardline::common::table_name(&t, "WindowsTable").unwrap();
     let mut stored: BTreeMap<WindowId, Metrics> = BTreeMap::new();
-    for item in scan(&clients.ddb, &windows_table).await {
+    for item in shardline::common::scan_all(&clients.ddb, &windows_table)
+        .await
+        .unwrap()
+    {
         if item
             .get("pk")
             .and_then(|p| p.as_s().ok())
@@ -270,8 +245,9 @@ async fn pipeline_survives_reshard_restart_duplicates_and_poison() {
     // 3. Per-card order across the reshard: each profile's latest event ids are the
     //    card's latest distinct events in the order they were produced.
     let profiles_table = shardline::common::table_name(&t, "ProfilesTable").unwrap();
-    let profiles: Vec<CardProfile> = scan(&clients.ddb, &profiles_table)
+    let profiles: Vec<CardProfile> = shardline::common::scan_all(&clients.ddb, &profiles_table)
         .await
+        .unwrap()
         .into_iter()
         .map(|i| serde_dynamo::from_item(i).unwrap())
         .collect();

@@ -14,7 +14,7 @@ use shardline::traffic::GenRecord;
 use shardline_aws::bootstrap::bootstrap;
 use shardline_aws::template::Template;
 use shardline_testkit::repo_root;
-use shardline_tests::{emulator_config, unique};
+use shardline_tests::{emulator_config, stage};
 
 type Calls = Arc<Mutex<Vec<Vec<String>>>>;
 
@@ -42,10 +42,8 @@ fn function(
 
 async fn setup(n: usize) -> (Template, Clients, Mapping, Vec<String>, String) {
     let sdk = emulator_config().await;
-    let digits: String = unique("r").chars().filter(char::is_ascii_digit).collect();
     let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
-    t.set_param("Stage", &format!("r{}", &digits[digits.len() - 12..]))
-        .unwrap();
+    t.set_param("Stage", &stage('r')).unwrap();
     t.set_param("StreamMode", "PROVISIONED").unwrap();
     bootstrap(&sdk, &mut t).await.unwrap();
     let clients = Clients::new(&sdk);

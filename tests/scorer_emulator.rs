@@ -16,7 +16,7 @@ use shardline_core::alert::Alert;
 use shardline_core::fraud::profile::CardProfile;
 use shardline_core::ports::NoAlertStream;
 use shardline_testkit::{fixture_bytes, repo_root};
-use shardline_tests::{emulator_config, unique};
+use shardline_tests::{emulator_config, stage};
 
 async fn scan<T: serde::de::DeserializeOwned>(
     ddb: &aws_sdk_dynamodb::Client,
@@ -32,18 +32,11 @@ async fn scan<T: serde::de::DeserializeOwned>(
     serde_dynamo::from_items(out.items().to_vec()).expect("items")
 }
 
-fn stage() -> String {
-    // Stage names are short and lower case (the template's AllowedPattern).
-    let u = unique("t");
-    let digits: String = u.chars().filter(char::is_ascii_digit).collect();
-    format!("t{}", &digits[digits.len().saturating_sub(12)..])
-}
-
 #[tokio::test]
 async fn bootstrap_creates_every_template_resource_and_then_changes_nothing() {
     let cfg = emulator_config().await;
     let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
-    t.set_param("Stage", &stage()).unwrap();
+    t.set_param("Stage", &stage('t')).unwrap();
     let first = bootstrap(&cfg, &mut t).await.expect("first bootstrap");
     let second = bootstrap(&cfg, &mut t).await.expect("second bootstrap");
     assert_eq!(
@@ -117,7 +110,7 @@ async fn bootstrap_creates_every_template_resource_and_then_changes_nothing() {
 async fn scorer_on_fixtures_against_dynamodb_then_replay_changes_nothing() {
     let cfg = emulator_config().await;
     let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
-    t.set_param("Stage", &stage()).unwrap();
+    t.set_param("Stage", &stage('t')).unwrap();
     bootstrap(&cfg, &mut t).await.expect("bootstrap");
     let f = t
         .functions()

@@ -40,3 +40,10 @@ pub fn unique(prefix: &str) -> String {
         .unwrap_or_default();
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
+
+/// A template `Stage` unique to this run (the template allows 1-16 of `[a-z0-9-]`), so
+/// every test gets fresh streams, tables and queues on a shared emulator.
+pub fn stage(prefix: char) -> String {
+    let digits: String = unique("s").chars().filter(char::is_ascii_digit).collect();
+    format!("{prefix}{}", &digits[digits.len().saturating_sub(12)..])
+}

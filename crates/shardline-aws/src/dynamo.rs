@@ -32,6 +32,39 @@ fn fatal(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
     StoreError::Fatal(Box::new(e))
 }
 
+/// Writes `item` only if the stored item's `version` is `expected` (`None`: only if no
+/// item is stored under its key `key_attr`). A failed condition is a [`Put::Conflict`],
+/// not an error: the caller re-reads and re-applies.
+async fn versioned_put<T: serde::Serialize>(
+    client: &Client,
+    table: &str,
+    item: &T,
+    key_attr: &str,
+    expected: Option<u64>,
+) -> Result<Put, StoreError> {
+    let item: HashMap<String, AttributeValue> = serde_dynamo::to_item(item).map_err(fatal)?;
+    let req = client.put_item().table_name(table).set_item(Some(item));
+    let req = match expected {
+        None => req
+            .condition_expression("attribute_not_exists(#k)")
+            .expression_attribute_names("#k", key_attr),
+        Some(v) => req
+            .condition_expression("#v = :v")
+            .expression_attribute_names("#v", "version")
+            .expression_attribute_values(":v", AttributeValue::N(v.to_string())),
+    };
+    match req.send().await {
+        Ok(_) => Ok(Put::Written),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+        {
+            Ok(Put::Conflict)
+        }
+        Err(e) => Err(classify(e)),
+    }
+}
+
 /// Card profiles in DynamoDB, one item per card, versioned.
 #[derive(Clone, Debug)]
 pub struct DynamoProfileStore {
@@ -108,32 +141,7 @@ impl ProfileStore for DynamoProfileStore {
         profile: &CardProfile,
         expected: Option<u64>,
     ) -> Result<Put, StoreError> {
-        let item: HashMap<String, AttributeValue> =
-            serde_dynamo::to_item(profile).map_err(fatal)?;
-        let mut req = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item));
-        req = match expected {
-            None => req
-                .condition_expression("attribute_not_exists(#k)")
-                .expression_attribute_names("#k", PROFILE_KEY),
-            Some(v) => req
-                .condition_expression("#v = :v")
-                .expression_attribute_names("#v", "version")
-                .expression_attribute_values(":v", AttributeValue::N(v.to_string())),
-        };
-        match req.send().await {
-            Ok(_) => Ok(Put::Written),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Put::Conflict)
-            }
-            Err(e) => Err(classify(e)),
-        }
+        versioned_put(&self.client, &self.table, profile, PROFILE_KEY, expected).await
     }
 }
 
@@ -372,30 +380,7 @@ impl WindowStore for DynamoWindowStore {
         partial: &WindowPartial,
         expected: Option<u64>,
     ) -> Result<Put, StoreError> {
-        let item: HashMap<String, AttributeValue> =
-            serde_dynamo::to_item(partial).map_err(fatal)?;
-        let req = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item));
-        let req = match expected {
-            None => req.condition_expression("attribute_not_exists(pk)"),
-            Some(v) => req
-                .condition_expression("#v = :v")
-                .expression_attribute_names("#v", "version")
-                .expression_attribute_values(":v", AttributeValue::N(v.to_string())),
-        };
-        match req.send().await {
-            Ok(_) => Ok(Put::Written),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Put::Conflict)
-            }
-            Err(e) => Err(classify(e)),
-        }
+        versioned_put(&self.client, &self.table, partial, "pk", expected).await
     }
 
     async fn get_progress(&self, shard: &str) -> Result<Option<ShardProgress>, StoreError> {

@@ -187,8 +187,10 @@ where
         // Score every card whose profile is in hand, in memory.
         for (card, items) in &by_card {
             let mut st = work[card].lock().await;
-            if let Some((_, p)) = &st.loaded {
-                st.computed = Some(apply_card(p.clone(), items, &rules));
+            let st = &mut *st;
+            if let Some((_, p)) = &mut st.loaded {
+                // Consumed: a conflict re-reads the profile anyway.
+                st.computed = Some(apply_card(std::mem::take(p), items, &rules));
             }
         }
         self.write_alerts_in_bulk(&work).await;
@@ -370,13 +372,20 @@ where
                 });
                 st.computed = None;
             }
-            let (expected, profile) = st.loaded.clone().unwrap_or_default();
+            let expected = st.loaded.as_ref().and_then(|(v, _)| *v);
+            let st = &mut *st;
             if st.computed.is_none() {
+                // The read profile is consumed: after this only its version matters.
+                let profile = st
+                    .loaded
+                    .as_mut()
+                    .map(|(_, p)| std::mem::take(p))
+                    .unwrap_or_default();
                 let c = apply_card(profile, items, rules);
                 st.alerts_durable = c.alerts.is_empty();
                 st.computed = Some(c);
             }
-            let Some(c) = st.computed.clone() else {
+            let Some(c) = st.computed.as_mut() else {
                 continue;
             };
             if !c.changed {
@@ -390,9 +399,8 @@ where
                 }
                 st.alerts_durable = true;
             }
-            let mut next = c.profile;
-            next.version = expected.map_or(1, |v| v + 1);
-            match self.profiles.put_profile(&next, expected).await? {
+            c.profile.version = expected.map_or(1, |v| v + 1);
+            match self.profiles.put_profile(&c.profile, expected).await? {
                 Put::Written => {
                     st.written = true;
                     return Ok(());

@@ -23,14 +23,28 @@ impl<P: ProfileStore, A: AlertSink> NaiveScorer<'_, P, A> {
     /// Handles a raw Kinesis event; returns records processed.
     pub async fn handle(&self, payload: &[u8]) -> usize {
         let rules = RuleSet::default_rules();
-        let Ok(records) = shardline_aws::decode_event_json(payload, &self.limits) else { return 0 };
+        let Ok(records) = shardline_aws::decode_event_json(payload, &self.limits) else {
+            return 0;
+        };
         let mut n = 0;
         for r in &records {
             let Ok(body) = &r.body else { continue };
-            let stored = self.profiles.get_profile(&body.card_token).await.ok().flatten();
+            let stored = self
+                .profiles
+                .get_profile(&body.card_token)
+                .await
+                .ok()
+                .flatten();
             let expected = stored.as_ref().map(|p| p.version);
             let profile = stored.unwrap_or_else(|| CardProfile::new(body.card_token.clone()));
-            let out = apply_card(profile, &[Item { meta: &r.meta, body }], &rules);
+            let out = apply_card(
+                profile,
+                &[Item {
+                    meta: &r.meta,
+                    body,
+                }],
+                &rules,
+            );
             if !out.alerts.is_empty() {
                 let _ = self.alerts.put_alerts(&out.alerts).await;
             }

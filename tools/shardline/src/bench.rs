@@ -46,13 +46,31 @@ pub struct Batch {
 /// A batch of `n` records of realistic traffic (fixed seed, heavy-tailed cards and
 /// merchants), or as many as fit in 6 MB when `n` is `None`.
 pub fn batch(n: Option<usize>, kpl: bool) -> Batch {
-    let g = generate(&GenConfig { seed: 42, events: 12_000, cards: 20_000, merchants: 2_000, end_ms: 1_795_000_000_000, span_ms: 15 * 60_000, malformed: 0.0, unknown_schema: 0.0, duplicates: 0.0, ..GenConfig::default() });
+    let g = generate(&GenConfig {
+        seed: 42,
+        events: 12_000,
+        cards: 20_000,
+        merchants: 2_000,
+        end_ms: 1_795_000_000_000,
+        span_ms: 15 * 60_000,
+        malformed: 0.0,
+        unknown_schema: 0.0,
+        duplicates: 0.0,
+        ..GenConfig::default()
+    });
     let recs: Vec<_> = g.records.into_iter().filter(|r| r.txn.is_some()).collect();
     let mut take = n.unwrap_or(recs.len()).min(recs.len());
     loop {
-        let json = if kpl { kpl_event(&recs[..take]) } else { serde_json::to_vec(&fixture_event(&recs[..take], 0)).unwrap_or_default() };
+        let json = if kpl {
+            kpl_event(&recs[..take])
+        } else {
+            serde_json::to_vec(&fixture_event(&recs[..take], 0)).unwrap_or_default()
+        };
         if n.is_some() || json.len() <= SIX_MB {
-            return Batch { json, records: take };
+            return Batch {
+                json,
+                records: take,
+            };
         }
         take = take * SIX_MB / json.len() - 1;
     }
@@ -64,8 +82,19 @@ fn kpl_event(recs: &[crate::traffic::GenRecord]) -> Vec<u8> {
     let aggregated: Vec<crate::traffic::GenRecord> = recs
         .chunks(25)
         .map(|c| {
-            let users: Vec<UserRecord> = c.iter().map(|r| UserRecord { partition_key: r.partition_key.clone(), data: r.data.clone() }).collect();
-            crate::traffic::GenRecord { partition_key: users[0].partition_key.clone(), data: aggregate(&users), txn: c[0].txn.clone(), duplicate: false }
+            let users: Vec<UserRecord> = c
+                .iter()
+                .map(|r| UserRecord {
+                    partition_key: r.partition_key.clone(),
+                    data: r.data.clone(),
+                })
+                .collect();
+            crate::traffic::GenRecord {
+                partition_key: users[0].partition_key.clone(),
+                data: aggregate(&users),
+                txn: c[0].txn.clone(),
+                duplicate: false,
+            }
         })
         .collect();
     serde_json::to_vec(&fixture_event(&aggregated, 0)).unwrap_or_default()
@@ -84,18 +113,42 @@ fn rate(records: usize, budget: Duration, mut f: impl FnMut()) -> f64 {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// Decode floor: the stock `aws_lambda_events` envelope plus a payload parse per record.
 pub fn stock_decode(json: &[u8]) -> usize {
     let ev: KinesisEvent = serde_json::from_slice(json).expect("event");
-    ev.records.iter().filter(|r| decode_txn(&r.kinesis.data.0, 0, &DecodeLimits { max_future_skew_ms: i64::MAX, ..DecodeLimits::default() }).is_ok()).count()
+    ev.records
+        .iter()
+        .filter(|r| {
+            decode_txn(
+                &r.kinesis.data.0,
+                0,
+                &DecodeLimits {
+                    max_future_skew_ms: i64::MAX,
+                    ..DecodeLimits::default()
+                },
+            )
+            .is_ok()
+        })
+        .count()
 }
 
 /// The pre-aggregation alone: plan and fold decoded events into fresh partials.
 pub fn preaggregate(records: &[InRecord<Txn>]) -> usize {
-    let items: Vec<Item<'_, Txn>> = records.iter().filter_map(|r| r.body.as_ref().ok().map(|body| Item { meta: &r.meta, body })).collect();
+    let items: Vec<Item<'_, Txn>> = records
+        .iter()
+        .filter_map(|r| {
+            r.body.as_ref().ok().map(|body| Item {
+                meta: &r.meta,
+                body,
+            })
+        })
+        .collect();
     let cfg = WindowConfig::default();
     let p = plan(&items, &Default::default(), &cfg);
     let mut n = 0;
@@ -114,28 +167,104 @@ pub fn throughput(budget: Duration) -> Vec<(String, f64, f64)> {
     let kpl = batch(Some(full.records), true);
     let mb = |b: &Batch| b.json.len() as f64 / b.records as f64 / 1e6;
     let rt = rt();
-    let limits = DecodeLimits { max_future_skew_ms: i64::MAX, ..DecodeLimits::default() };
+    let limits = DecodeLimits {
+        max_future_skew_ms: i64::MAX,
+        ..DecodeLimits::default()
+    };
     let decoded = shardline_aws::decode_event_json(&full.json, &limits).expect("decode");
     let mut rows = Vec::new();
     let mut row = |name: &str, r: f64, b: &Batch| rows.push((name.to_owned(), r, r * mb(b)));
-    row("decode, stock KinesisEvent + serde_json (floor)", rate(full.records, budget, || { std::hint::black_box(stock_decode(&full.json)); }), &full);
-    row("decode, lean envelope (shardline)", rate(full.records, budget, || { let _ = std::hint::black_box(shardline_aws::decode_event_json(&full.json, &limits)); }), &full);
-    row("decode, lean envelope, KPL-aggregated", rate(kpl.records, budget, || { let _ = std::hint::black_box(shardline_aws::decode_event_json(&kpl.json, &limits)); }), &kpl);
-    row("window pre-aggregation of decoded events", rate(full.records, budget, || { std::hint::black_box(preaggregate(&decoded)); }), &full);
-    row("fraud-scorer handler, decode included", rate(full.records, budget, || {
-        let (p, a, q) = (MemProfiles::default(), MemAlerts::default(), MemQuarantine::default());
-        let s = Scorer::new(fraud_scorer::Stores { profiles: &p, alerts: &a, quarantine: &q, rules: NoRuleSource, stream: NoAlertStream }, ScorerSettings { limits, ..ScorerSettings::default() });
-        rt.block_on(s.handle(&full.json, None)).expect("handle");
-    }), &full);
-    row("window-aggregator handler, decode included", rate(full.records, budget, || {
-        let (w, a, q) = (MemWindows::default(), MemAlerts::default(), MemQuarantine::default());
-        let agg = Aggregator::new(window_aggregator::Stores { windows: &w, alerts: &a, quarantine: &q }, AggregatorSettings { limits, ..AggregatorSettings::default() });
-        rt.block_on(agg.handle(&full.json, None)).expect("handle");
-    }), &full);
-    row("naive scorer (GetItem + PutItem per record, serial)", rate(full.records, budget, || {
-        let (p, a) = (MemProfiles::default(), MemAlerts::default());
-        rt.block_on(NaiveScorer { profiles: &p, alerts: &a, limits }.handle(&full.json));
-    }), &full);
+    row(
+        "decode, stock KinesisEvent + serde_json (floor)",
+        rate(full.records, budget, || {
+            std::hint::black_box(stock_decode(&full.json));
+        }),
+        &full,
+    );
+    row(
+        "decode, lean envelope (shardline)",
+        rate(full.records, budget, || {
+            let _ = std::hint::black_box(shardline_aws::decode_event_json(&full.json, &limits));
+        }),
+        &full,
+    );
+    row(
+        "decode, lean envelope, KPL-aggregated",
+        rate(kpl.records, budget, || {
+            let _ = std::hint::black_box(shardline_aws::decode_event_json(&kpl.json, &limits));
+        }),
+        &kpl,
+    );
+    row(
+        "window pre-aggregation of decoded events",
+        rate(full.records, budget, || {
+            std::hint::black_box(preaggregate(&decoded));
+        }),
+        &full,
+    );
+    row(
+        "fraud-scorer handler, decode included",
+        rate(full.records, budget, || {
+            let (p, a, q) = (
+                MemProfiles::default(),
+                MemAlerts::default(),
+                MemQuarantine::default(),
+            );
+            let s = Scorer::new(
+                fraud_scorer::Stores {
+                    profiles: &p,
+                    alerts: &a,
+                    quarantine: &q,
+                    rules: NoRuleSource,
+                    stream: NoAlertStream,
+                },
+                ScorerSettings {
+                    limits,
+                    ..ScorerSettings::default()
+                },
+            );
+            rt.block_on(s.handle(&full.json, None)).expect("handle");
+        }),
+        &full,
+    );
+    row(
+        "window-aggregator handler, decode included",
+        rate(full.records, budget, || {
+            let (w, a, q) = (
+                MemWindows::default(),
+                MemAlerts::default(),
+                MemQuarantine::default(),
+            );
+            let agg = Aggregator::new(
+                window_aggregator::Stores {
+                    windows: &w,
+                    alerts: &a,
+                    quarantine: &q,
+                },
+                AggregatorSettings {
+                    limits,
+                    ..AggregatorSettings::default()
+                },
+            );
+            rt.block_on(agg.handle(&full.json, None)).expect("handle");
+        }),
+        &full,
+    );
+    row(
+        "naive scorer (GetItem + PutItem per record, serial)",
+        rate(full.records, budget, || {
+            let (p, a) = (MemProfiles::default(), MemAlerts::default());
+            rt.block_on(
+                NaiveScorer {
+                    profiles: &p,
+                    alerts: &a,
+                    limits,
+                }
+                .handle(&full.json),
+            );
+        }),
+        &full,
+    );
     rows
 }
 
@@ -169,8 +298,19 @@ impl Intercept for RequestCounter {
         "RequestCounter"
     }
 
-    fn read_before_transmit(&self, ctx: &BeforeTransmitInterceptorContextRef<'_>, _rc: &RuntimeComponents, _cfg: &mut ConfigBag) -> Result<(), BoxError> {
-        let op = ctx.request().headers().get("x-amz-target").and_then(|t| t.split('.').nth(1)).unwrap_or("?").to_owned();
+    fn read_before_transmit(
+        &self,
+        ctx: &BeforeTransmitInterceptorContextRef<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let op = ctx
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .and_then(|t| t.split('.').nth(1))
+            .unwrap_or("?")
+            .to_owned();
         *self.counts.lock().expect("lock").entry(op).or_default() += 1;
         self.total.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -178,7 +318,11 @@ impl Intercept for RequestCounter {
 }
 
 /// A DynamoDB client that counts its requests, optionally through another endpoint.
-pub fn counted_ddb(sdk: &aws_config::SdkConfig, counter: &RequestCounter, endpoint: Option<&str>) -> aws_sdk_dynamodb::Client {
+pub fn counted_ddb(
+    sdk: &aws_config::SdkConfig,
+    counter: &RequestCounter,
+    endpoint: Option<&str>,
+) -> aws_sdk_dynamodb::Client {
     let mut b = aws_sdk_dynamodb::config::Builder::from(sdk).interceptor(counter.clone());
     if let Some(e) = endpoint {
         b = b.endpoint_url(e);
@@ -197,7 +341,9 @@ pub async fn delaying_proxy(upstream: String, delay: Duration) -> anyhow::Result
         while let Ok((client, _)) = listener.accept().await {
             let upstream = upstream.clone();
             tokio::spawn(async move {
-                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
                 let (mut cr, mut cw) = client.into_split();
                 let (mut sr, mut sw) = server.into_split();
                 let up = async move {
@@ -223,20 +369,36 @@ pub async fn delaying_proxy(upstream: String, delay: Duration) -> anyhow::Result
 }
 
 /// Fresh tables for one measurement.
-async fn stage_tables(sdk: &aws_config::SdkConfig, template: &Path, tag: &str) -> anyhow::Result<Template> {
+async fn stage_tables(
+    sdk: &aws_config::SdkConfig,
+    template: &Path,
+    tag: &str,
+) -> anyhow::Result<Template> {
     let mut t = Template::load(template)?;
-    t.set_param("Stage", &format!("b{}{tag}", crate::common::now_ms() % 100_000_000))?;
+    t.set_param(
+        "Stage",
+        &format!("b{}{tag}", crate::common::now_ms() % 100_000_000),
+    )?;
     shardline_aws::bootstrap::bootstrap(sdk, &mut t).await?;
     Ok(t)
 }
 
 /// DynamoDB requests per 1,000 records: (function, batch size, requests per 1,000).
-pub async fn requests(sdk: &aws_config::SdkConfig, template: &Path) -> anyhow::Result<Vec<(String, usize, f64)>> {
+pub async fn requests(
+    sdk: &aws_config::SdkConfig,
+    template: &Path,
+) -> anyhow::Result<Vec<(String, usize, f64)>> {
     let mut rows = Vec::new();
     for (size, label) in [(Some(100), "100"), (Some(1_000), "1000"), (None, "full")] {
         let b = batch(size, false);
         let t = stage_tables(sdk, template, label).await?;
-        let env = |bin: &str| t.functions().into_iter().find(|f| f.binary == bin).map(|f| f.environment).unwrap_or_default();
+        let env = |bin: &str| {
+            t.functions()
+                .into_iter()
+                .find(|f| f.binary == bin)
+                .map(|f| f.environment)
+                .unwrap_or_default()
+        };
         let counter = RequestCounter::default();
         let ddb = counted_ddb(sdk, &counter, None);
         let sqs = aws_sdk_sqs::Client::new(sdk);
@@ -249,59 +411,133 @@ pub async fn requests(sdk: &aws_config::SdkConfig, template: &Path) -> anyhow::R
                 rules: NoRuleSource,
                 stream: NoAlertStream,
             },
-            ScorerSettings { limits: DecodeLimits { max_future_skew_ms: i64::MAX, ..DecodeLimits::default() }, ..ScorerSettings::default() },
+            ScorerSettings {
+                limits: DecodeLimits {
+                    max_future_skew_ms: i64::MAX,
+                    ..DecodeLimits::default()
+                },
+                ..ScorerSettings::default()
+            },
         );
         scorer.handle(&b.json, None).await?;
-        rows.push(("fraud-scorer".to_owned(), b.records, counter.total() as f64 * 1_000.0 / b.records as f64));
+        rows.push((
+            "fraud-scorer".to_owned(),
+            b.records,
+            counter.total() as f64 * 1_000.0 / b.records as f64,
+        ));
         counter.reset();
         let wa = env("window-aggregator");
         let agg = Aggregator::new(
-            window_aggregator::Stores { windows: DynamoWindowStore::new(ddb.clone(), &wa["WINDOWS_TABLE"]), alerts: DynamoAlertSink::new(ddb.clone(), &wa["ALERTS_TABLE"]), quarantine: SqsQuarantine::new(sqs, &wa["QUARANTINE_QUEUE_URL"]) },
-            AggregatorSettings { limits: DecodeLimits { max_future_skew_ms: i64::MAX, ..DecodeLimits::default() }, ..AggregatorSettings::default() },
+            window_aggregator::Stores {
+                windows: DynamoWindowStore::new(ddb.clone(), &wa["WINDOWS_TABLE"]),
+                alerts: DynamoAlertSink::new(ddb.clone(), &wa["ALERTS_TABLE"]),
+                quarantine: SqsQuarantine::new(sqs, &wa["QUARANTINE_QUEUE_URL"]),
+            },
+            AggregatorSettings {
+                limits: DecodeLimits {
+                    max_future_skew_ms: i64::MAX,
+                    ..DecodeLimits::default()
+                },
+                ..AggregatorSettings::default()
+            },
         );
         agg.handle(&b.json, None).await?;
-        rows.push(("window-aggregator".to_owned(), b.records, counter.total() as f64 * 1_000.0 / b.records as f64));
+        rows.push((
+            "window-aggregator".to_owned(),
+            b.records,
+            counter.total() as f64 * 1_000.0 / b.records as f64,
+        ));
         if label == "1000" {
             counter.reset();
-            let naive = NaiveScorer { profiles: &DynamoProfileStore::new(ddb.clone(), &fs["PROFILES_TABLE"]), alerts: &DynamoAlertSink::new(ddb.clone(), &fs["ALERTS_TABLE"]), limits: DecodeLimits { max_future_skew_ms: i64::MAX, ..DecodeLimits::default() } };
+            let naive = NaiveScorer {
+                profiles: &DynamoProfileStore::new(ddb.clone(), &fs["PROFILES_TABLE"]),
+                alerts: &DynamoAlertSink::new(ddb.clone(), &fs["ALERTS_TABLE"]),
+                limits: DecodeLimits {
+                    max_future_skew_ms: i64::MAX,
+                    ..DecodeLimits::default()
+                },
+            };
             naive.handle(&b.json).await;
-            rows.push(("naive scorer (baseline)".to_owned(), b.records, counter.total() as f64 * 1_000.0 / b.records as f64));
+            rows.push((
+                "naive scorer (baseline)".to_owned(),
+                b.records,
+                counter.total() as f64 * 1_000.0 / b.records as f64,
+            ));
         }
     }
     Ok(rows)
 }
 
 /// Batch latency through a delaying proxy: (what, records, requests, latency ms).
-pub async fn latency(sdk: &aws_config::SdkConfig, template: &Path, delay: Duration) -> anyhow::Result<Vec<(String, usize, u64, f64)>> {
-    let upstream = std::env::var("AWS_ENDPOINT_URL").context("AWS_ENDPOINT_URL")?.trim_start_matches("http://").trim_end_matches('/').to_owned();
+pub async fn latency(
+    sdk: &aws_config::SdkConfig,
+    template: &Path,
+    delay: Duration,
+) -> anyhow::Result<Vec<(String, usize, u64, f64)>> {
+    let upstream = std::env::var("AWS_ENDPOINT_URL")
+        .context("AWS_ENDPOINT_URL")?
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
     let proxy = delaying_proxy(upstream, delay).await?;
     let mut rows = Vec::new();
     for size in [100usize, 1_000, 5_000] {
         let b = batch(Some(size), false);
         let t = stage_tables(sdk, template, &format!("l{size}")).await?;
-        let fs = t.functions().into_iter().find(|f| f.binary == "fraud-scorer").map(|f| f.environment).unwrap_or_default();
+        let fs = t
+            .functions()
+            .into_iter()
+            .find(|f| f.binary == "fraud-scorer")
+            .map(|f| f.environment)
+            .unwrap_or_default();
         let counter = RequestCounter::default();
         let ddb = counted_ddb(sdk, &counter, Some(&proxy));
         let scorer = Scorer::new(
             fraud_scorer::Stores {
                 profiles: DynamoProfileStore::new(ddb.clone(), &fs["PROFILES_TABLE"]),
                 alerts: DynamoAlertSink::new(ddb.clone(), &fs["ALERTS_TABLE"]),
-                quarantine: SqsQuarantine::new(aws_sdk_sqs::Client::new(sdk), &fs["QUARANTINE_QUEUE_URL"]),
+                quarantine: SqsQuarantine::new(
+                    aws_sdk_sqs::Client::new(sdk),
+                    &fs["QUARANTINE_QUEUE_URL"],
+                ),
                 rules: NoRuleSource,
                 stream: NoAlertStream,
             },
-            ScorerSettings { limits: DecodeLimits { max_future_skew_ms: i64::MAX, ..DecodeLimits::default() }, ..ScorerSettings::default() },
+            ScorerSettings {
+                limits: DecodeLimits {
+                    max_future_skew_ms: i64::MAX,
+                    ..DecodeLimits::default()
+                },
+                ..ScorerSettings::default()
+            },
         );
         let started = Instant::now();
         scorer.handle(&b.json, None).await?;
-        rows.push(("fraud-scorer".to_owned(), b.records, counter.total(), started.elapsed().as_secs_f64() * 1e3));
+        rows.push((
+            "fraud-scorer".to_owned(),
+            b.records,
+            counter.total(),
+            started.elapsed().as_secs_f64() * 1e3,
+        ));
         if size == 100 {
             counter.reset();
-            let naive = NaiveScorer { profiles: &DynamoProfileStore::new(ddb.clone(), &fs["PROFILES_TABLE"]), alerts: &DynamoAlertSink::new(ddb.clone(), &fs["ALERTS_TABLE"]), limits: DecodeLimits { max_future_skew_ms: i64::MAX, ..DecodeLimits::default() } };
+            let naive = NaiveScorer {
+                profiles: &DynamoProfileStore::new(ddb.clone(), &fs["PROFILES_TABLE"]),
+                alerts: &DynamoAlertSink::new(ddb.clone(), &fs["ALERTS_TABLE"]),
+                limits: DecodeLimits {
+                    max_future_skew_ms: i64::MAX,
+                    ..DecodeLimits::default()
+                },
+            };
             let b2 = batch(Some(size), false);
             let started = Instant::now();
             naive.handle(&b2.json).await;
-            rows.push(("naive scorer (baseline)".to_owned(), b2.records, counter.total(), started.elapsed().as_secs_f64() * 1e3));
+            rows.push((
+                "naive scorer (baseline)".to_owned(),
+                b2.records,
+                counter.total(),
+                started.elapsed().as_secs_f64() * 1e3,
+            ));
         }
     }
     Ok(rows)
@@ -311,7 +547,14 @@ pub async fn latency(sdk: &aws_config::SdkConfig, template: &Path, delay: Durati
 pub fn binary_sizes(root: &Path) -> Vec<(String, Option<u64>)> {
     ["FraudScorerFunction", "WindowAggregatorFunction"]
         .iter()
-        .map(|f| (f.to_string(), std::fs::metadata(root.join(".aws-sam/build").join(f).join("bootstrap")).ok().map(|m| m.len())))
+        .map(|f| {
+            (
+                f.to_string(),
+                std::fs::metadata(root.join(".aws-sam/build").join(f).join("bootstrap"))
+                    .ok()
+                    .map(|m| m.len()),
+            )
+        })
         .collect()
 }
 
@@ -322,7 +565,11 @@ pub mod runtime_stub {
 
     /// Starts `binary` with `env`, serves it `event` as its first invocation, and returns
     /// (ms from spawn to its first `next` request, peak RSS in KiB after the response).
-    pub async fn run_once(binary: &Path, env: &HashMap<String, String>, event: &[u8]) -> anyhow::Result<(f64, u64)> {
+    pub async fn run_once(
+        binary: &Path,
+        env: &HashMap<String, String>,
+        event: &[u8],
+    ) -> anyhow::Result<(f64, u64)> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let spawned = Instant::now();
@@ -343,7 +590,8 @@ pub mod runtime_stub {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut served = false;
         while Instant::now() < deadline {
-            let (mut sock, _) = tokio::time::timeout(Duration::from_secs(30), listener.accept()).await??;
+            let (mut sock, _) =
+                tokio::time::timeout(Duration::from_secs(30), listener.accept()).await??;
             let (r, mut w) = sock.split();
             let mut reader = BufReader::new(r);
             let mut line = String::new();
@@ -377,11 +625,17 @@ pub mod runtime_stub {
                 w.write_all(event).await?;
                 served = true;
             } else {
-                w.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}").await?;
+                w.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}")
+                    .await?;
             }
         }
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let hwm = status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let _ = child.kill().await;
         Ok((first_next.unwrap_or(f64::NAN), hwm))
     }

@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
+use std::collections::HashMap;
+
 use anyhow::{Context, bail};
+use aws_sdk_dynamodb::types::AttributeValue;
 use shardline_aws::template::{Template, scalar};
 
 /// Which template, with which parameters.
@@ -105,4 +108,26 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+/// Every item of a table (all pages).
+pub async fn scan_all(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+) -> anyhow::Result<Vec<HashMap<String, AttributeValue>>> {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let out = ddb
+            .scan()
+            .table_name(table)
+            .set_exclusive_start_key(start)
+            .send()
+            .await?;
+        items.extend(out.items().iter().cloned());
+        start = out.last_evaluated_key().cloned();
+        if start.is_none() {
+            return Ok(items);
+        }
+    }
 }

@@ -8,8 +8,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use anyhow::Context;
-use aws_sdk_dynamodb::types::AttributeValue;
-use shardline_aws::dynamo::DynamoWindowStore;
 use shardline_aws::template::Template;
 use shardline_core::alert::Alert;
 use shardline_core::window::view::tumbling_rows;
@@ -160,30 +158,11 @@ fn on_failure_url(t: &Template, m: &Mapping) -> Option<String> {
         .map(|p| p.reference.clone())
 }
 
-async fn scan_all(
-    ddb: &aws_sdk_dynamodb::Client,
-    table: &str,
-) -> anyhow::Result<Vec<HashMap<String, AttributeValue>>> {
-    let mut items = Vec::new();
-    let mut start = None;
-    loop {
-        let out = ddb
-            .scan()
-            .table_name(table)
-            .set_exclusive_start_key(start)
-            .send()
-            .await?;
-        items.extend(out.items().iter().cloned());
-        start = out.last_evaluated_key().cloned();
-        if start.is_none() {
-            return Ok(items);
-        }
-    }
-}
-
 async fn scan_alerts(ddb: &aws_sdk_dynamodb::Client, t: &Template) -> anyhow::Result<Vec<Alert>> {
     let table = crate::common::table_name(t, "AlertsTable")?;
-    Ok(serde_dynamo::from_items(scan_all(ddb, &table).await?)?)
+    Ok(serde_dynamo::from_items(
+        crate::common::scan_all(ddb, &table).await?,
+    )?)
 }
 
 fn print_alerts(alerts: &[Alert]) {
@@ -303,7 +282,7 @@ fn print_scores(g: &Generated, alerts: &[Alert]) {
 
 async fn print_top_merchants(ddb: &aws_sdk_dynamodb::Client, t: &Template) -> anyhow::Result<()> {
     let table = crate::common::table_name(t, "WindowsTable")?;
-    let items = scan_all(ddb, &table).await?;
+    let items = crate::common::scan_all(ddb, &table).await?;
     let partials: Vec<WindowPartial> = items
         .into_iter()
         .filter(|i| {
@@ -344,7 +323,6 @@ async fn print_top_merchants(ddb: &aws_sdk_dynamodb::Client, t: &Template) -> an
             q(r.p99)
         );
     }
-    let _ = DynamoWindowStore::new(ddb.clone(), table); // the query command reads the same table
     Ok(())
 }
 

@@ -168,6 +168,12 @@ async fn main() -> anyhow::Result<()> {
             expect,
         } => replay::run(function, &files, expect).await,
         Command::Query(q) => query::run(q).await,
+        Command::Bench {
+            seconds,
+            delay_ms,
+            throughput_only,
+            template,
+        } => bench_cmd(seconds, delay_ms, throughput_only, &template).await,
         Command::Demo {
             events,
             seed,
@@ -338,13 +344,31 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn bench_cmd(seconds: f64, delay_ms: u64, throughput_only: bool, template: &std::path::Path) -> anyhow::Result<()> {
+async fn bench_cmd(
+    seconds: f64,
+    delay_ms: u64,
+    throughput_only: bool,
+    template: &std::path::Path,
+) -> anyhow::Result<()> {
     use shardline::bench;
     let root = std::env::current_dir()?;
     let full = bench::batch(None, false);
-    println!("shardline bench: {} cores, full batch {} records / {:.2} MB ({} bytes per record with the envelope)", std::thread::available_parallelism().map_or(1, |n| n.get()), full.records, full.json.len() as f64 / 1e6, full.json.len() / full.records);
-    println!("\n{:<56} {:>14} {:>9}", "in process, one core (in-memory stores)", "records/s", "MB/s");
-    for (name, r, mb) in bench::throughput(Duration::from_secs_f64(seconds)) {
+    println!(
+        "shardline bench: {} cores, full batch {} records / {:.2} MB ({} bytes per record with the envelope)",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        full.records,
+        full.json.len() as f64 / 1e6,
+        full.json.len() / full.records
+    );
+    println!(
+        "\n{:<56} {:>14} {:>9}",
+        "in process, one core (in-memory stores)", "records/s", "MB/s"
+    );
+    // On a thread of its own: the handlers run on their own single-thread runtime, one core.
+    let rows = std::thread::spawn(move || bench::throughput(Duration::from_secs_f64(seconds)))
+        .join()
+        .map_err(|_| anyhow::anyhow!("throughput thread panicked"))?;
+    for (name, r, mb) in rows {
         println!("{name:<56} {r:>14.0} {mb:>9.1}");
     }
     if throughput_only {
@@ -352,27 +376,55 @@ async fn bench_cmd(seconds: f64, delay_ms: u64, throughput_only: bool, template:
     }
     check_endpoint()?;
     let sdk = shardline_aws::sdk::load_sdk_config().await;
-    println!("\n{:<28} {:>10} {:>22} {:>16}", "DynamoDB requests", "batch", "requests / 1000 rec", "naive / 1000 rec");
+    println!(
+        "\n{:<28} {:>10} {:>22} {:>16}",
+        "DynamoDB requests", "batch", "requests / 1000 rec", "naive / 1000 rec"
+    );
     for (f, n, per) in bench::requests(&sdk, template).await? {
         println!("{f:<28} {n:>10} {per:>22.1} {:>16}", 2000);
     }
-    println!("\n{:<28} {:>10} {:>10} {:>12} {:>14}", format!("latency, {delay_ms} ms per request"), "records", "requests", "batch ms", "round trips*");
+    println!(
+        "\n{:<28} {:>10} {:>10} {:>12} {:>14}",
+        format!("latency, {delay_ms} ms per request"),
+        "records",
+        "requests",
+        "batch ms",
+        "round trips*"
+    );
     for (f, n, reqs, ms) in bench::latency(&sdk, template, Duration::from_millis(delay_ms)).await? {
-        println!("{f:<28} {n:>10} {reqs:>10} {ms:>12.0} {:>14.1}", ms / delay_ms as f64);
+        println!(
+            "{f:<28} {n:>10} {reqs:>10} {ms:>12.0} {:>14.1}",
+            ms / delay_ms as f64
+        );
     }
     println!("  * batch time / per-request delay: the sequential round trips the batch waited for");
-    println!("\n{:<28} {:>14} {:>16}", "function binary (host)", "cold start ms", "peak RSS (6 MB)");
+    println!(
+        "\n{:<28} {:>14} {:>16}",
+        "function binary (host)", "cold start ms", "peak RSS (6 MB)"
+    );
     let mut t = shardline_aws::template::Template::load(template)?;
     t.set_param("Stage", &format!("bm{}", now_ms() % 100_000_000))?;
     shardline_aws::bootstrap::bootstrap(&sdk, &mut t).await?;
     for f in t.functions() {
         let bin = bench::release_binary(&root, &f.binary);
         if !bin.exists() {
-            println!("{:<28} {:>14} (build it: cargo build --release -p {})", f.binary, "-", f.binary);
+            println!(
+                "{:<28} {:>14} (build it: cargo build --release -p {})",
+                f.binary, "-", f.binary
+            );
             continue;
         }
-        let mut env: std::collections::HashMap<String, String> = f.environment.clone().into_iter().collect();
-        for k in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KINESIS", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"] {
+        let mut env: std::collections::HashMap<String, String> =
+            f.environment.clone().into_iter().collect();
+        for k in [
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_KINESIS",
+            "AWS_REGION",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_CONFIG_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+        ] {
             if let Ok(v) = std::env::var(k) {
                 env.insert(k.into(), v);
             }
@@ -380,7 +432,11 @@ async fn bench_cmd(seconds: f64, delay_ms: u64, throughput_only: bool, template:
         let mut starts = Vec::new();
         let mut rss = 0;
         for i in 0..5 {
-            let event: &[u8] = if i == 0 { &full.json } else { b"{\"Records\":[]}" };
+            let event: &[u8] = if i == 0 {
+                &full.json
+            } else {
+                b"{\"Records\":[]}"
+            };
             let (ms, hwm) = bench::runtime_stub::run_once(&bin, &env, event).await?;
             starts.push(ms);
             if i == 0 {
@@ -388,7 +444,12 @@ async fn bench_cmd(seconds: f64, delay_ms: u64, throughput_only: bool, template:
             }
         }
         starts.sort_by(f64::total_cmp);
-        println!("{:<28} {:>14.1} {:>13.1} MB", f.binary, starts[starts.len() / 2], rss as f64 / 1024.0);
+        println!(
+            "{:<28} {:>14.1} {:>13.1} MB",
+            f.binary,
+            starts[starts.len() / 2],
+            rss as f64 / 1024.0
+        );
     }
     println!("\n{:<28} {:>14}", "arm64 bootstrap (stripped)", "size");
     for (f, size) in bench::binary_sizes(&root) {

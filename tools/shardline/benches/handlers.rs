@@ -1,0 +1,164 @@
+//! Criterion benchmarks on realistic batches from the generator (fixed seed): decode
+//! (100, 1,000 and a full 6 MB batch, plain and KPL), scoring, window pre-aggregation,
+//! and each function's whole handler with in-memory stores. Throughput is reported in
+//! records (elements) per second on one core; `shardline bench` prints bytes too.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use fraud_scorer::{Scorer, ScorerSettings};
+use shardline::bench::{Batch, batch, preaggregate, stock_decode};
+use shardline_core::batch::Item;
+use shardline_core::event::DecodeLimits;
+use shardline_core::fraud::apply_card;
+use shardline_core::fraud::profile::CardProfile;
+use shardline_core::fraud::rules::RuleSet;
+use shardline_core::ports::{NoAlertStream, NoRuleSource};
+use shardline_testkit::{MemAlerts, MemProfiles, MemQuarantine, MemWindows};
+use window_aggregator::{Aggregator, AggregatorSettings};
+
+fn limits() -> DecodeLimits {
+    DecodeLimits {
+        max_future_skew_ms: i64::MAX,
+        ..DecodeLimits::default()
+    }
+}
+
+fn sizes() -> Vec<(&'static str, Batch)> {
+    vec![
+        ("100", batch(Some(100), false)),
+        ("1000", batch(Some(1_000), false)),
+        ("6MB", batch(None, false)),
+    ]
+}
+
+fn decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode");
+    for (name, b) in sizes() {
+        g.throughput(Throughput::Elements(b.records as u64));
+        g.bench_function(format!("lean/{name}"), |x| {
+            x.iter(|| shardline_aws::decode_event_json(black_box(&b.json), &limits()).unwrap())
+        });
+        g.bench_function(format!("stock/{name}"), |x| {
+            x.iter(|| stock_decode(black_box(&b.json)))
+        });
+    }
+    let kpl = batch(Some(batch(None, false).records), true);
+    g.throughput(Throughput::Elements(kpl.records as u64));
+    g.bench_function("lean-kpl/6MB", |x| {
+        x.iter(|| shardline_aws::decode_event_json(black_box(&kpl.json), &limits()).unwrap())
+    });
+    g.finish();
+}
+
+fn score(c: &mut Criterion) {
+    let b = batch(None, false);
+    let records = shardline_aws::decode_event_json(&b.json, &limits()).unwrap();
+    let rules = RuleSet::default_rules();
+    let mut g = c.benchmark_group("score");
+    g.throughput(Throughput::Elements(records.len() as u64));
+    g.bench_function("features+rules/6MB", |x| {
+        x.iter(|| {
+            // Each record against its card's profile, profiles in memory.
+            let mut profiles: std::collections::HashMap<&str, CardProfile> =
+                std::collections::HashMap::new();
+            let mut alerts = 0;
+            for r in &records {
+                let Ok(t) = &r.body else { continue };
+                let p = profiles
+                    .remove(t.card_token.as_str())
+                    .unwrap_or_else(|| CardProfile::new(t.card_token.clone()));
+                let out = apply_card(
+                    p,
+                    &[Item {
+                        meta: &r.meta,
+                        body: t,
+                    }],
+                    &rules,
+                );
+                alerts += out.alerts.len();
+                profiles.insert(&t.card_token, out.profile);
+            }
+            black_box(alerts)
+        })
+    });
+    g.finish();
+}
+
+fn aggregate(c: &mut Criterion) {
+    let b = batch(None, false);
+    let records = shardline_aws::decode_event_json(&b.json, &limits()).unwrap();
+    let mut g = c.benchmark_group("aggregate");
+    g.throughput(Throughput::Elements(records.len() as u64));
+    g.bench_function("pre-aggregation/6MB", |x| {
+        x.iter(|| preaggregate(black_box(&records)))
+    });
+    g.finish();
+}
+
+fn handlers(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut g = c.benchmark_group("handler");
+    for (name, b) in sizes() {
+        g.throughput(Throughput::Elements(b.records as u64));
+        g.bench_function(format!("fraud-scorer/{name}"), |x| {
+            x.iter(|| {
+                let (p, a, q) = (
+                    MemProfiles::default(),
+                    MemAlerts::default(),
+                    MemQuarantine::default(),
+                );
+                let s = Scorer::new(
+                    fraud_scorer::Stores {
+                        profiles: &p,
+                        alerts: &a,
+                        quarantine: &q,
+                        rules: NoRuleSource,
+                        stream: NoAlertStream,
+                    },
+                    ScorerSettings {
+                        limits: limits(),
+                        ..ScorerSettings::default()
+                    },
+                );
+                rt.block_on(s.handle(&b.json, None)).unwrap().alerts
+            })
+        });
+        g.bench_function(format!("window-aggregator/{name}"), |x| {
+            x.iter(|| {
+                let (w, a, q) = (
+                    MemWindows::default(),
+                    MemAlerts::default(),
+                    MemQuarantine::default(),
+                );
+                let agg = Aggregator::new(
+                    window_aggregator::Stores {
+                        windows: &w,
+                        alerts: &a,
+                        quarantine: &q,
+                    },
+                    AggregatorSettings {
+                        limits: limits(),
+                        ..AggregatorSettings::default()
+                    },
+                );
+                rt.block_on(agg.handle(&b.json, None))
+                    .unwrap()
+                    .partial_writes
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(10).measurement_time(std::time::Duration::from_secs(3));
+    targets = decode, score, aggregate, handlers
+}
+criterion_main!(benches);
