@@ -320,6 +320,10 @@ async fn main() -> anyhow::Result<()> {
                     until_idle,
                     max_duration: Duration::from_millis(max_duration as u64),
                     status: std::io::stderr().is_terminal(),
+                    quarantine_url: t
+                        .physical()
+                        .get("QuarantineQueue")
+                        .map(|p| p.reference.clone()),
                     ..RunOptions::default()
                 };
                 let clients = clients.clone();

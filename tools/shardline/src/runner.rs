@@ -157,6 +157,8 @@ pub struct RunOptions {
     pub max_duration: Duration,
     /// Print a status line every second.
     pub status: bool,
+    /// The quarantine queue, whose depth the status line shows.
+    pub quarantine_url: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -167,6 +169,7 @@ impl Default for RunOptions {
             poll_interval: Duration::from_millis(200),
             max_duration: Duration::from_secs(3600),
             status: false,
+            quarantine_url: None,
         }
     }
 }
@@ -434,13 +437,28 @@ fn spawn_status(ctx: Arc<Ctx>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle
                 })
                 .collect::<Vec<_>>()
                 .join(" ");
+            let quarantined = match &ctx.opts.quarantine_url {
+                Some(url) => ctx
+                    .c
+                    .sqs
+                    .get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+                    .send()
+                    .await
+                    .ok()
+                    .and_then(|o| o.attributes().and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)).cloned())
+                    .unwrap_or_else(|| "?".into()),
+                None => "-".into(),
+            };
             eprint!(
-                "\r\x1b[2K[{}] {:>7} rec/s  records {}  batches {}  retries {}  on-failure {}  iterator age {}",
+                "\r\x1b[2K[{}] {:>7} rec/s  records {}  batches {}  retries {}  quarantined {}  on-failure {}  iterator age {}",
                 ctx.m.function,
                 now - last,
                 now,
                 s.batches.load(Ordering::Relaxed),
                 s.retries.load(Ordering::Relaxed),
+                quarantined,
                 s.on_failure.load(Ordering::Relaxed),
                 ages
             );
