@@ -66,4 +66,5 @@ demo: ## the whole pipeline locally: emulators, resources, traffic, both functio
 .PHONY: bench
 bench: ## figures of BENCHMARKS.md: criterion benches, then `shardline bench` (release) against the emulators
 	$(CARGO) build --release -p shardline -p fraud-scorer -p window-aggregator
-	$(WITH_EMULATORS) target/release/shardline bench
+	target/release/shardline bench --throughput-only
+	$(WITH_EMULATORS) target/release/shardline bench --skip-throughput

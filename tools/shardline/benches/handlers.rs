@@ -8,23 +8,13 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fraud_scorer::{Scorer, ScorerSettings};
-use shardline::bench::{Batch, batch, preaggregate, stock_decode};
+use shardline::bench::{
+    Batch, batch, bench_limits, mem_aggregator, mem_scorer, preaggregate, stock_decode,
+};
 use shardline_core::batch::Item;
-use shardline_core::event::DecodeLimits;
 use shardline_core::fraud::apply_card;
 use shardline_core::fraud::profile::CardProfile;
 use shardline_core::fraud::rules::RuleSet;
-use shardline_core::ports::{NoAlertStream, NoRuleSource};
-use shardline_testkit::{MemAlerts, MemProfiles, MemQuarantine, MemWindows};
-use window_aggregator::{Aggregator, AggregatorSettings};
-
-fn limits() -> DecodeLimits {
-    DecodeLimits {
-        max_future_skew_ms: i64::MAX,
-        ..DecodeLimits::default()
-    }
-}
 
 fn sizes() -> Vec<(&'static str, Batch)> {
     vec![
@@ -39,7 +29,9 @@ fn decode(c: &mut Criterion) {
     for (name, b) in sizes() {
         g.throughput(Throughput::Elements(b.records as u64));
         g.bench_function(format!("lean/{name}"), |x| {
-            x.iter(|| shardline_aws::decode_event_json(black_box(&b.json), &limits()).unwrap())
+            x.iter(|| {
+                shardline_aws::decode_event_json(black_box(&b.json), &bench_limits()).unwrap()
+            })
         });
         g.bench_function(format!("stock/{name}"), |x| {
             x.iter(|| stock_decode(black_box(&b.json)))
@@ -48,14 +40,14 @@ fn decode(c: &mut Criterion) {
     let kpl = batch(Some(batch(None, false).records), true);
     g.throughput(Throughput::Elements(kpl.records as u64));
     g.bench_function("lean-kpl/6MB", |x| {
-        x.iter(|| shardline_aws::decode_event_json(black_box(&kpl.json), &limits()).unwrap())
+        x.iter(|| shardline_aws::decode_event_json(black_box(&kpl.json), &bench_limits()).unwrap())
     });
     g.finish();
 }
 
 fn score(c: &mut Criterion) {
     let b = batch(None, false);
-    let records = shardline_aws::decode_event_json(&b.json, &limits()).unwrap();
+    let records = shardline_aws::decode_event_json(&b.json, &bench_limits()).unwrap();
     let rules = RuleSet::default_rules();
     let mut g = c.benchmark_group("score");
     g.throughput(Throughput::Elements(records.len() as u64));
@@ -89,7 +81,7 @@ fn score(c: &mut Criterion) {
 
 fn aggregate(c: &mut Criterion) {
     let b = batch(None, false);
-    let records = shardline_aws::decode_event_json(&b.json, &limits()).unwrap();
+    let records = shardline_aws::decode_event_json(&b.json, &bench_limits()).unwrap();
     let mut g = c.benchmark_group("aggregate");
     g.throughput(Throughput::Elements(records.len() as u64));
     g.bench_function("pre-aggregation/6MB", |x| {
@@ -107,50 +99,10 @@ fn handlers(c: &mut Criterion) {
     for (name, b) in sizes() {
         g.throughput(Throughput::Elements(b.records as u64));
         g.bench_function(format!("fraud-scorer/{name}"), |x| {
-            x.iter(|| {
-                let (p, a, q) = (
-                    MemProfiles::default(),
-                    MemAlerts::default(),
-                    MemQuarantine::default(),
-                );
-                let s = Scorer::new(
-                    fraud_scorer::Stores {
-                        profiles: &p,
-                        alerts: &a,
-                        quarantine: &q,
-                        rules: NoRuleSource,
-                        stream: NoAlertStream,
-                    },
-                    ScorerSettings {
-                        limits: limits(),
-                        ..ScorerSettings::default()
-                    },
-                );
-                rt.block_on(s.handle(&b.json, None)).unwrap().alerts
-            })
+            x.iter(|| mem_scorer(&rt, black_box(&b.json)))
         });
         g.bench_function(format!("window-aggregator/{name}"), |x| {
-            x.iter(|| {
-                let (w, a, q) = (
-                    MemWindows::default(),
-                    MemAlerts::default(),
-                    MemQuarantine::default(),
-                );
-                let agg = Aggregator::new(
-                    window_aggregator::Stores {
-                        windows: &w,
-                        alerts: &a,
-                        quarantine: &q,
-                    },
-                    AggregatorSettings {
-                        limits: limits(),
-                        ..AggregatorSettings::default()
-                    },
-                );
-                rt.block_on(agg.handle(&b.json, None))
-                    .unwrap()
-                    .partial_writes
-            })
+            x.iter(|| mem_aggregator(&rt, black_box(&b.json)))
         });
     }
     g.finish();

@@ -100,6 +100,81 @@ fn kpl_event(recs: &[crate::traffic::GenRecord]) -> Vec<u8> {
     serde_json::to_vec(&fixture_event(&aggregated, 0)).unwrap_or_default()
 }
 
+/// Decode limits for benchmark batches (their event times are fixed in the past).
+pub fn bench_limits() -> DecodeLimits {
+    DecodeLimits {
+        max_future_skew_ms: i64::MAX,
+        ..DecodeLimits::default()
+    }
+}
+
+/// The fraud-scorer handler on fresh in-memory stores, once; returns its alerts.
+pub fn mem_scorer(rt: &tokio::runtime::Runtime, json: &[u8]) -> usize {
+    let (p, a, q) = (
+        MemProfiles::default(),
+        MemAlerts::default(),
+        MemQuarantine::default(),
+    );
+    let s = Scorer::new(
+        fraud_scorer::Stores {
+            profiles: &p,
+            alerts: &a,
+            quarantine: &q,
+            rules: NoRuleSource,
+            stream: NoAlertStream,
+        },
+        ScorerSettings {
+            limits: bench_limits(),
+            ..ScorerSettings::default()
+        },
+    );
+    rt.block_on(s.handle(json, None)).expect("handle").alerts
+}
+
+/// The window-aggregator handler on fresh in-memory stores, once; returns its writes.
+pub fn mem_aggregator(rt: &tokio::runtime::Runtime, json: &[u8]) -> usize {
+    let (w, a, q) = (
+        MemWindows::default(),
+        MemAlerts::default(),
+        MemQuarantine::default(),
+    );
+    let agg = Aggregator::new(
+        window_aggregator::Stores {
+            windows: &w,
+            alerts: &a,
+            quarantine: &q,
+        },
+        AggregatorSettings {
+            limits: bench_limits(),
+            ..AggregatorSettings::default()
+        },
+    );
+    rt.block_on(agg.handle(json, None))
+        .expect("handle")
+        .partial_writes
+}
+
+/// The fraud-scorer on DynamoDB through `ddb`, configured from a template environment.
+fn dynamo_scorer(
+    ddb: &aws_sdk_dynamodb::Client,
+    sqs: &aws_sdk_sqs::Client,
+    env: &std::collections::BTreeMap<String, String>,
+) -> Scorer<DynamoProfileStore, DynamoAlertSink, SqsQuarantine, NoRuleSource, NoAlertStream> {
+    Scorer::new(
+        fraud_scorer::Stores {
+            profiles: DynamoProfileStore::new(ddb.clone(), &env["PROFILES_TABLE"]),
+            alerts: DynamoAlertSink::new(ddb.clone(), &env["ALERTS_TABLE"]),
+            quarantine: SqsQuarantine::new(sqs.clone(), &env["QUARANTINE_QUEUE_URL"]),
+            rules: NoRuleSource,
+            stream: NoAlertStream,
+        },
+        ScorerSettings {
+            limits: bench_limits(),
+            ..ScorerSettings::default()
+        },
+    )
+}
+
 /// Runs `f` repeatedly for about `budget`, returning records per second.
 fn rate(records: usize, budget: Duration, mut f: impl FnMut()) -> f64 {
     f(); // warm up
@@ -124,17 +199,7 @@ pub fn stock_decode(json: &[u8]) -> usize {
     let ev: KinesisEvent = serde_json::from_slice(json).expect("event");
     ev.records
         .iter()
-        .filter(|r| {
-            decode_txn(
-                &r.kinesis.data.0,
-                0,
-                &DecodeLimits {
-                    max_future_skew_ms: i64::MAX,
-                    ..DecodeLimits::default()
-                },
-            )
-            .is_ok()
-        })
+        .filter(|r| decode_txn(&r.kinesis.data.0, 0, &bench_limits()).is_ok())
         .count()
 }
 
@@ -167,10 +232,7 @@ pub fn throughput(budget: Duration) -> Vec<(String, f64, f64)> {
     let kpl = batch(Some(full.records), true);
     let mb = |b: &Batch| b.json.len() as f64 / b.records as f64 / 1e6;
     let rt = rt();
-    let limits = DecodeLimits {
-        max_future_skew_ms: i64::MAX,
-        ..DecodeLimits::default()
-    };
+    let limits = bench_limits();
     let decoded = shardline_aws::decode_event_json(&full.json, &limits).expect("decode");
     let mut rows = Vec::new();
     let mut row = |name: &str, r: f64, b: &Batch| rows.push((name.to_owned(), r, r * mb(b)));
@@ -205,48 +267,14 @@ pub fn throughput(budget: Duration) -> Vec<(String, f64, f64)> {
     row(
         "fraud-scorer handler, decode included",
         rate(full.records, budget, || {
-            let (p, a, q) = (
-                MemProfiles::default(),
-                MemAlerts::default(),
-                MemQuarantine::default(),
-            );
-            let s = Scorer::new(
-                fraud_scorer::Stores {
-                    profiles: &p,
-                    alerts: &a,
-                    quarantine: &q,
-                    rules: NoRuleSource,
-                    stream: NoAlertStream,
-                },
-                ScorerSettings {
-                    limits,
-                    ..ScorerSettings::default()
-                },
-            );
-            rt.block_on(s.handle(&full.json, None)).expect("handle");
+            std::hint::black_box(mem_scorer(&rt, &full.json));
         }),
         &full,
     );
     row(
         "window-aggregator handler, decode included",
         rate(full.records, budget, || {
-            let (w, a, q) = (
-                MemWindows::default(),
-                MemAlerts::default(),
-                MemQuarantine::default(),
-            );
-            let agg = Aggregator::new(
-                window_aggregator::Stores {
-                    windows: &w,
-                    alerts: &a,
-                    quarantine: &q,
-                },
-                AggregatorSettings {
-                    limits,
-                    ..AggregatorSettings::default()
-                },
-            );
-            rt.block_on(agg.handle(&full.json, None)).expect("handle");
+            std::hint::black_box(mem_aggregator(&rt, &full.json));
         }),
         &full,
     );
@@ -403,22 +431,7 @@ pub async fn requests(
         let ddb = counted_ddb(sdk, &counter, None);
         let sqs = aws_sdk_sqs::Client::new(sdk);
         let fs = env("fraud-scorer");
-        let scorer = Scorer::new(
-            fraud_scorer::Stores {
-                profiles: DynamoProfileStore::new(ddb.clone(), &fs["PROFILES_TABLE"]),
-                alerts: DynamoAlertSink::new(ddb.clone(), &fs["ALERTS_TABLE"]),
-                quarantine: SqsQuarantine::new(sqs.clone(), &fs["QUARANTINE_QUEUE_URL"]),
-                rules: NoRuleSource,
-                stream: NoAlertStream,
-            },
-            ScorerSettings {
-                limits: DecodeLimits {
-                    max_future_skew_ms: i64::MAX,
-                    ..DecodeLimits::default()
-                },
-                ..ScorerSettings::default()
-            },
-        );
+        let scorer = dynamo_scorer(&ddb, &sqs, &fs);
         scorer.handle(&b.json, None).await?;
         rows.push((
             "fraud-scorer".to_owned(),
@@ -434,10 +447,7 @@ pub async fn requests(
                 quarantine: SqsQuarantine::new(sqs, &wa["QUARANTINE_QUEUE_URL"]),
             },
             AggregatorSettings {
-                limits: DecodeLimits {
-                    max_future_skew_ms: i64::MAX,
-                    ..DecodeLimits::default()
-                },
+                limits: bench_limits(),
                 ..AggregatorSettings::default()
             },
         );
@@ -452,10 +462,7 @@ pub async fn requests(
             let naive = NaiveScorer {
                 profiles: &DynamoProfileStore::new(ddb.clone(), &fs["PROFILES_TABLE"]),
                 alerts: &DynamoAlertSink::new(ddb.clone(), &fs["ALERTS_TABLE"]),
-                limits: DecodeLimits {
-                    max_future_skew_ms: i64::MAX,
-                    ..DecodeLimits::default()
-                },
+                limits: bench_limits(),
             };
             naive.handle(&b.json).await;
             rows.push((
@@ -492,25 +499,7 @@ pub async fn latency(
             .unwrap_or_default();
         let counter = RequestCounter::default();
         let ddb = counted_ddb(sdk, &counter, Some(&proxy));
-        let scorer = Scorer::new(
-            fraud_scorer::Stores {
-                profiles: DynamoProfileStore::new(ddb.clone(), &fs["PROFILES_TABLE"]),
-                alerts: DynamoAlertSink::new(ddb.clone(), &fs["ALERTS_TABLE"]),
-                quarantine: SqsQuarantine::new(
-                    aws_sdk_sqs::Client::new(sdk),
-                    &fs["QUARANTINE_QUEUE_URL"],
-                ),
-                rules: NoRuleSource,
-                stream: NoAlertStream,
-            },
-            ScorerSettings {
-                limits: DecodeLimits {
-                    max_future_skew_ms: i64::MAX,
-                    ..DecodeLimits::default()
-                },
-                ..ScorerSettings::default()
-            },
-        );
+        let scorer = dynamo_scorer(&ddb, &aws_sdk_sqs::Client::new(sdk), &fs);
         let started = Instant::now();
         scorer.handle(&b.json, None).await?;
         rows.push((
@@ -524,10 +513,7 @@ pub async fn latency(
             let naive = NaiveScorer {
                 profiles: &DynamoProfileStore::new(ddb.clone(), &fs["PROFILES_TABLE"]),
                 alerts: &DynamoAlertSink::new(ddb.clone(), &fs["ALERTS_TABLE"]),
-                limits: DecodeLimits {
-                    max_future_skew_ms: i64::MAX,
-                    ..DecodeLimits::default()
-                },
+                limits: bench_limits(),
             };
             let b2 = batch(Some(size), false);
             let started = Instant::now();

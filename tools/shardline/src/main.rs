@@ -131,6 +131,10 @@ enum Command {
         /// Only the in-process throughput rows (no emulator needed).
         #[arg(long)]
         throughput_only: bool,
+        /// Skip the throughput rows (`make bench` measures them first, with the
+        /// emulators down, so they have the cores to themselves).
+        #[arg(long)]
+        skip_throughput: bool,
         /// The SAM template.
         #[arg(long, default_value = "template.yaml")]
         template: PathBuf,
@@ -172,8 +176,18 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             delay_ms,
             throughput_only,
+            skip_throughput,
             template,
-        } => bench_cmd(seconds, delay_ms, throughput_only, &template).await,
+        } => {
+            bench_cmd(
+                seconds,
+                delay_ms,
+                throughput_only,
+                skip_throughput,
+                &template,
+            )
+            .await
+        }
         Command::Demo {
             events,
             seed,
@@ -352,11 +366,23 @@ async fn bench_cmd(
     seconds: f64,
     delay_ms: u64,
     throughput_only: bool,
+    skip_throughput: bool,
     template: &std::path::Path,
 ) -> anyhow::Result<()> {
     use shardline::bench;
     let root = std::env::current_dir()?;
     let full = bench::batch(None, false);
+    if !skip_throughput {
+        throughput_rows(&full, seconds)?;
+    }
+    if throughput_only {
+        return Ok(());
+    }
+    bench_emulator_rows(&root, &full, delay_ms, template).await
+}
+
+fn throughput_rows(full: &shardline::bench::Batch, seconds: f64) -> anyhow::Result<()> {
+    use shardline::bench;
     println!(
         "shardline bench: {} cores, full batch {} records / {:.2} MB ({} bytes per record with the envelope)",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -375,9 +401,16 @@ async fn bench_cmd(
     for (name, r, mb) in rows {
         println!("{name:<56} {r:>14.0} {mb:>9.1}");
     }
-    if throughput_only {
-        return Ok(());
-    }
+    Ok(())
+}
+
+async fn bench_emulator_rows(
+    root: &std::path::Path,
+    full: &shardline::bench::Batch,
+    delay_ms: u64,
+    template: &std::path::Path,
+) -> anyhow::Result<()> {
+    use shardline::bench;
     check_endpoint()?;
     let sdk = shardline_aws::sdk::load_sdk_config().await;
     println!(
@@ -410,7 +443,7 @@ async fn bench_cmd(
     t.set_param("Stage", &format!("bm{}", now_ms() % 100_000_000))?;
     shardline_aws::bootstrap::bootstrap(&sdk, &mut t).await?;
     for f in t.functions() {
-        let bin = bench::release_binary(&root, &f.binary);
+        let bin = bench::release_binary(root, &f.binary);
         if !bin.exists() {
             println!(
                 "{:<28} {:>14} (build it: cargo build --release -p {})",
@@ -456,7 +489,7 @@ async fn bench_cmd(
         );
     }
     println!("\n{:<28} {:>14}", "arm64 bootstrap (stripped)", "size");
-    for (f, size) in bench::binary_sizes(&root) {
+    for (f, size) in bench::binary_sizes(root) {
         match size {
             Some(b) => println!("{f:<28} {:>11.1} MB", b as f64 / 1024.0 / 1024.0),
             None => println!("{f:<28} {:>14} (run `make build`)", "-"),
