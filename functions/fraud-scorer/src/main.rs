@@ -3,13 +3,10 @@
 
 use std::time::Instant;
 
-use fraud_scorer::{Config, FUNCTION, Scorer, ScorerSettings, Stores};
+use fraud_scorer::{Config, FUNCTION};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::value::RawValue;
-use shardline_aws::SqsQuarantine;
-use shardline_aws::dynamo::{DynamoAlertSink, DynamoProfileStore, DynamoRuleSource};
 use shardline_aws::sdk::{deadline_instant, load_sdk_config};
-use shardline_aws::stream::{KinesisAlertStream, MaybeAlertStream};
 use shardline_aws::telemetry::{BatchProcessed, init_tracing};
 
 #[tokio::main]
@@ -17,31 +14,7 @@ async fn main() -> Result<(), Error> {
     init_tracing();
     let cfg = Config::from_env()?;
     let sdk = load_sdk_config().await;
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let stream = match &cfg.alerts_stream {
-        Some(name) => MaybeAlertStream::Kinesis(KinesisAlertStream::new(
-            aws_sdk_kinesis::Client::new(&sdk),
-            name,
-        )),
-        None => MaybeAlertStream::None,
-    };
-    let scorer = Scorer::new(
-        Stores {
-            profiles: DynamoProfileStore::new(ddb.clone(), &cfg.profiles_table),
-            alerts: DynamoAlertSink::new(ddb.clone(), &cfg.alerts_table),
-            quarantine: SqsQuarantine::new(
-                aws_sdk_sqs::Client::new(&sdk),
-                &cfg.quarantine_queue_url,
-            ),
-            rules: DynamoRuleSource::new(ddb, &cfg.config_table),
-            stream,
-        },
-        ScorerSettings {
-            rules_ttl: cfg.rules_ttl,
-            threshold_override: cfg.alert_threshold,
-            ..ScorerSettings::default()
-        },
-    );
+    let scorer = fraud_scorer::deployed(&cfg, &sdk);
     let scorer = &scorer;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<Box<RawValue>>| async move {

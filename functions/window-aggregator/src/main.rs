@@ -6,32 +6,17 @@ use std::time::Instant;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::value::RawValue;
-use shardline_aws::SqsQuarantine;
-use shardline_aws::dynamo::{DynamoAlertSink, DynamoWindowStore};
 use shardline_aws::sdk::{deadline_instant, load_sdk_config};
 use shardline_aws::telemetry::{BatchProcessed, init_tracing};
 use window_aggregator::tumbling::is_time_window_event;
-use window_aggregator::{Aggregator, AggregatorSettings, Config, FUNCTION, Stores};
+use window_aggregator::{Config, FUNCTION};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init_tracing();
     let cfg = Config::from_env()?;
     let sdk = load_sdk_config().await;
-    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-    let mut settings = AggregatorSettings::default();
-    cfg.apply(&mut settings);
-    let agg = Aggregator::new(
-        Stores {
-            windows: DynamoWindowStore::new(ddb.clone(), &cfg.windows_table),
-            alerts: DynamoAlertSink::new(ddb, &cfg.alerts_table),
-            quarantine: SqsQuarantine::new(
-                aws_sdk_sqs::Client::new(&sdk),
-                &cfg.quarantine_queue_url,
-            ),
-        },
-        settings,
-    );
+    let agg = window_aggregator::deployed(&cfg, &sdk);
     let agg = &agg;
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<Box<RawValue>>| async move {

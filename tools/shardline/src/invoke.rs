@@ -6,16 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
-use fraud_scorer::{Scorer, ScorerSettings};
 use futures::FutureExt;
-use shardline_aws::SqsQuarantine;
-use shardline_aws::dynamo::{
-    DynamoAlertSink, DynamoProfileStore, DynamoRuleSource, DynamoWindowStore,
-};
-use shardline_aws::stream::{KinesisAlertStream, MaybeAlertStream};
 use shardline_aws::template::FunctionSpec;
 use window_aggregator::tumbling::is_time_window_event;
-use window_aggregator::{Aggregator, AggregatorSettings};
 
 use crate::runner::{InvokeFuture, Invoker};
 
@@ -26,32 +19,10 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// names (reached through the SDK's standard endpoint variables).
 pub fn in_process(f: &FunctionSpec, sdk: &aws_config::SdkConfig) -> anyhow::Result<Invoker> {
     let env = |k: &str| f.environment.get(k).cloned();
-    let ddb = aws_sdk_dynamodb::Client::new(sdk);
-    let sqs = aws_sdk_sqs::Client::new(sdk);
     match f.binary.as_str() {
         "fraud-scorer" => {
             let cfg = fraud_scorer::Config::from_lookup(env)?;
-            let stream = match &cfg.alerts_stream {
-                Some(s) => MaybeAlertStream::Kinesis(KinesisAlertStream::new(
-                    aws_sdk_kinesis::Client::new(sdk),
-                    s,
-                )),
-                None => MaybeAlertStream::None,
-            };
-            let scorer = Arc::new(Scorer::new(
-                fraud_scorer::Stores {
-                    profiles: DynamoProfileStore::new(ddb.clone(), &cfg.profiles_table),
-                    alerts: DynamoAlertSink::new(ddb.clone(), &cfg.alerts_table),
-                    quarantine: SqsQuarantine::new(sqs, &cfg.quarantine_queue_url),
-                    rules: DynamoRuleSource::new(ddb, &cfg.config_table),
-                    stream,
-                },
-                ScorerSettings {
-                    rules_ttl: cfg.rules_ttl,
-                    threshold_override: cfg.alert_threshold,
-                    ..ScorerSettings::default()
-                },
-            ));
+            let scorer = Arc::new(fraud_scorer::deployed(&cfg, sdk));
             Ok(Arc::new(move |payload: Vec<u8>| -> InvokeFuture {
                 let scorer = scorer.clone();
                 Box::pin(async move {
@@ -71,16 +42,7 @@ pub fn in_process(f: &FunctionSpec, sdk: &aws_config::SdkConfig) -> anyhow::Resu
         }
         "window-aggregator" => {
             let cfg = window_aggregator::Config::from_lookup(env)?;
-            let mut settings = AggregatorSettings::default();
-            cfg.apply(&mut settings);
-            let agg = Arc::new(Aggregator::new(
-                window_aggregator::Stores {
-                    windows: DynamoWindowStore::new(ddb.clone(), &cfg.windows_table),
-                    alerts: DynamoAlertSink::new(ddb, &cfg.alerts_table),
-                    quarantine: SqsQuarantine::new(sqs, &cfg.quarantine_queue_url),
-                },
-                settings,
-            ));
+            let agg = Arc::new(window_aggregator::deployed(&cfg, sdk));
             Ok(Arc::new(move |payload: Vec<u8>| -> InvokeFuture {
                 let agg = agg.clone();
                 Box::pin(async move {
