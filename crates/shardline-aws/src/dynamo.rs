@@ -65,6 +65,44 @@ async fn versioned_put<T: serde::Serialize>(
     }
 }
 
+/// One strongly consistent BatchGetItem (at most 100 keys): the items found, and the
+/// keys DynamoDB did not get to (`UnprocessedKeys`), to be asked again.
+/// <https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchGetItem.html>
+async fn batch_get<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    table: &str,
+    keys: Vec<HashMap<String, AttributeValue>>,
+) -> Result<(Vec<T>, Vec<HashMap<String, AttributeValue>>), StoreError> {
+    let ka = KeysAndAttributes::builder()
+        .set_keys(Some(keys))
+        .consistent_read(true)
+        .build()
+        .map_err(fatal)?;
+    let out = client
+        .batch_get_item()
+        .request_items(table, ka)
+        .send()
+        .await
+        .map_err(classify)?;
+    let found = out
+        .responses()
+        .and_then(|r| r.get(table))
+        .map(|items| serde_dynamo::from_items(items.clone()))
+        .transpose()
+        .map_err(fatal)?
+        .unwrap_or_default();
+    let unprocessed = out
+        .unprocessed_keys()
+        .and_then(|u| u.get(table))
+        .map(|ka| ka.keys().to_vec())
+        .unwrap_or_default();
+    Ok((found, unprocessed))
+}
+
+fn key_str(key: &HashMap<String, AttributeValue>, attr: &str) -> Option<String> {
+    key.get(attr).and_then(|v| v.as_s().ok()).cloned()
+}
+
 /// Card profiles in DynamoDB, one item per card, versioned.
 #[derive(Clone, Debug)]
 pub struct DynamoProfileStore {
@@ -84,39 +122,15 @@ impl DynamoProfileStore {
 
 impl ProfileStore for DynamoProfileStore {
     async fn get_profiles(&self, cards: &[String]) -> Result<BatchRead<CardProfile>, StoreError> {
-        let keys: Vec<HashMap<String, AttributeValue>> = cards
+        let keys = cards
             .iter()
             .map(|c| HashMap::from([(PROFILE_KEY.to_owned(), AttributeValue::S(c.clone()))]))
             .collect();
-        let ka = KeysAndAttributes::builder()
-            .set_keys(Some(keys))
-            .consistent_read(true)
-            .build()
-            .map_err(fatal)?;
-        let out = self
-            .client
-            .batch_get_item()
-            .request_items(&self.table, ka)
-            .send()
-            .await
-            .map_err(classify)?;
-        let found = out
-            .responses()
-            .and_then(|r| r.get(&self.table))
-            .map(|items| serde_dynamo::from_items(items.clone()))
-            .transpose()
-            .map_err(fatal)?
-            .unwrap_or_default();
-        let unprocessed = out
-            .unprocessed_keys()
-            .and_then(|u| u.get(&self.table))
-            .map(|ka| {
-                ka.keys()
-                    .iter()
-                    .filter_map(|k| k.get(PROFILE_KEY).and_then(|v| v.as_s().ok()).cloned())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (found, unprocessed) = batch_get(&self.client, &self.table, keys).await?;
+        let unprocessed = unprocessed
+            .iter()
+            .filter_map(|k| key_str(k, PROFILE_KEY))
+            .collect();
         Ok(BatchRead { found, unprocessed })
     }
 
@@ -329,7 +343,7 @@ impl WindowStore for DynamoWindowStore {
         &self,
         keys: &[PartialKey],
     ) -> Result<BatchReadKeys<WindowPartial>, StoreError> {
-        let ks: Vec<HashMap<String, AttributeValue>> = keys
+        let ks = keys
             .iter()
             .map(|(pk, sk)| {
                 HashMap::from([
@@ -338,40 +352,11 @@ impl WindowStore for DynamoWindowStore {
                 ])
             })
             .collect();
-        let ka = KeysAndAttributes::builder()
-            .set_keys(Some(ks))
-            .consistent_read(true)
-            .build()
-            .map_err(fatal)?;
-        let out = self
-            .client
-            .batch_get_item()
-            .request_items(&self.table, ka)
-            .send()
-            .await
-            .map_err(classify)?;
-        let found = out
-            .responses()
-            .and_then(|r| r.get(&self.table))
-            .map(|items| serde_dynamo::from_items(items.clone()))
-            .transpose()
-            .map_err(fatal)?
-            .unwrap_or_default();
-        let unprocessed = out
-            .unprocessed_keys()
-            .and_then(|u| u.get(&self.table))
-            .map(|ka| {
-                ka.keys()
-                    .iter()
-                    .filter_map(|k| {
-                        Some((
-                            k.get("pk")?.as_s().ok()?.clone(),
-                            k.get("sk")?.as_s().ok()?.clone(),
-                        ))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (found, unprocessed) = batch_get(&self.client, &self.table, ks).await?;
+        let unprocessed = unprocessed
+            .iter()
+            .filter_map(|k| Some((key_str(k, "pk")?, key_str(k, "sk")?)))
+            .collect();
         Ok(BatchReadKeys { found, unprocessed })
     }
 
