@@ -4,15 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
-use shardline_aws::SqsQuarantine;
-use shardline_aws::bootstrap::bootstrap;
-use shardline_aws::dynamo::{DynamoAlertSink, DynamoWindowStore};
-use shardline_aws::template::Template;
 use shardline_core::window::view::{sliding_rows, tumbling_rows};
 use shardline_core::window::{MINUTE_MS, WindowPartial, pk_for};
-use shardline_testkit::{fixture_bytes, repo_root};
-use shardline_tests::{emulator_config, stage};
-use window_aggregator::{Aggregator, AggregatorSettings, Config, Stores};
+use shardline_testkit::fixture_bytes;
+use shardline_tests::{emulator_config, fresh_stack};
+use window_aggregator::Config;
 
 async fn scan(ddb: &aws_sdk_dynamodb::Client, table: &str) -> Vec<WindowPartial> {
     let out = ddb
@@ -46,9 +42,7 @@ async fn aggregator_on_fixtures_against_dynamodb_then_replay_changes_nothing() {
         "late-beyond-lateness",
         "duplicates",
     ] {
-        let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
-        t.set_param("Stage", &stage('w')).unwrap();
-        bootstrap(&cfg, &mut t).await.expect("bootstrap");
+        let t = fresh_stack(&cfg, 'w', &[]).await;
         let f = t
             .functions()
             .into_iter()
@@ -56,20 +50,9 @@ async fn aggregator_on_fixtures_against_dynamodb_then_replay_changes_nothing() {
             .unwrap();
         let config = Config::from_lookup(|k| f.environment.get(k).cloned())
             .expect("template sets the aggregator's environment");
-        let store = DynamoWindowStore::new(ddb.clone(), &config.windows_table);
-        let mut settings = AggregatorSettings::default();
-        config.apply(&mut settings);
-        let agg = Aggregator::new(
-            Stores {
-                windows: store.clone(),
-                alerts: DynamoAlertSink::new(ddb.clone(), &config.alerts_table),
-                quarantine: SqsQuarantine::new(
-                    aws_sdk_sqs::Client::new(&cfg),
-                    &config.quarantine_queue_url,
-                ),
-            },
-            settings,
-        );
+        // The aggregator exactly as deployed, on the template's tables.
+        let agg = window_aggregator::deployed(&config, &cfg);
+        let store = agg.windows();
         let payload = fixture_bytes(&format!("window-aggregator/{name}.json"));
         let report = agg.handle(&payload, None).await.expect("handle");
         assert!(report.response.batch_item_failures.is_empty(), "{name}");

@@ -15,10 +15,8 @@ use serde_json::Value;
 use shardline::producer::{PutOptions, put_all};
 use shardline::runner::{Clients, Mapping, RunOptions, http_invoker, run};
 use shardline::traffic::{GenConfig, generate};
-use shardline_aws::bootstrap::bootstrap;
-use shardline_aws::template::Template;
 use shardline_testkit::repo_root;
-use shardline_tests::{emulator_config, stage};
+use shardline_tests::{emulator_config, fresh_stack};
 
 fn cargo_lambda() -> PathBuf {
     let bin = repo_root().join(".tools/venv-tools/bin/cargo-lambda");
@@ -45,10 +43,7 @@ impl Drop for Watch {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cargo_lambda_watch_serves_fixtures_and_the_stream() {
     let sdk = emulator_config().await;
-    let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
-    t.set_param("Stage", &stage('c')).unwrap();
-    t.set_param("StreamMode", "PROVISIONED").unwrap();
-    bootstrap(&sdk, &mut t).await.unwrap();
+    let t = fresh_stack(&sdk, 'c', &[("StreamMode", "PROVISIONED")]).await;
     let f = t
         .functions()
         .into_iter()

@@ -14,14 +14,12 @@ use base64::Engine as _;
 use shardline::producer::{PutOptions, put_all};
 use shardline::runner::{Clients, Mapping, RunOptions, run};
 use shardline::traffic::{GenConfig, GenRecord, generate};
-use shardline_aws::bootstrap::bootstrap;
 use shardline_aws::template::Template;
 use shardline_core::fraud::profile::CardProfile;
 use shardline_core::ports::QuarantineEntry;
 use shardline_core::window::{Metrics, WindowConfig, WindowId, WindowPartial, windows_of};
 use shardline_core::{PoisonReason, Txn};
-use shardline_testkit::repo_root;
-use shardline_tests::{emulator_config, stage};
+use shardline_tests::{emulator_config, fresh_stack};
 
 async fn run_all(t: &Template, sdk: &aws_config::SdkConfig, opts: RunOptions) {
     let clients = Clients::new(sdk);
@@ -56,16 +54,16 @@ async fn run_all(t: &Template, sdk: &aws_config::SdkConfig, opts: RunOptions) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_survives_reshard_restart_duplicates_and_poison() {
     let sdk = emulator_config().await;
-    let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
-    for (k, v) in [
-        ("Stage", stage('e').as_str()),
-        ("StreamMode", "PROVISIONED"),
-        ("ShardCount", "4"),
-        ("AllowedLatenessSeconds", "86400"),
-    ] {
-        t.set_param(k, v).unwrap();
-    }
-    bootstrap(&sdk, &mut t).await.unwrap();
+    let t = fresh_stack(
+        &sdk,
+        'e',
+        &[
+            ("StreamMode", "PROVISIONED"),
+            ("ShardCount", "4"),
+            ("AllowedLatenessSeconds", "86400"),
+        ],
+    )
+    .await;
     let clients = Clients::new(&sdk);
     let stream = t.physical()["InputStream"].reference.clone();
 

@@ -11,10 +11,8 @@ use serde_json::{Value, json};
 use shardline::producer::{PutOptions, put_all};
 use shardline::runner::{Clients, InvokeFuture, Invoker, Mapping, RunOptions, run};
 use shardline::traffic::GenRecord;
-use shardline_aws::bootstrap::bootstrap;
 use shardline_aws::template::Template;
-use shardline_testkit::repo_root;
-use shardline_tests::{emulator_config, stage};
+use shardline_tests::{emulator_config, fresh_stack};
 
 type Calls = Arc<Mutex<Vec<Vec<String>>>>;
 
@@ -42,10 +40,7 @@ fn function(
 
 async fn setup(n: usize) -> (Template, Clients, Mapping, Vec<String>, String) {
     let sdk = emulator_config().await;
-    let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
-    t.set_param("Stage", &stage('r')).unwrap();
-    t.set_param("StreamMode", "PROVISIONED").unwrap();
-    bootstrap(&sdk, &mut t).await.unwrap();
+    let t = fresh_stack(&sdk, 'r', &[("StreamMode", "PROVISIONED")]).await;
     let clients = Clients::new(&sdk);
     let stream = t.physical()["InputStream"].reference.clone();
     // One partition key: every record on one shard, in order.

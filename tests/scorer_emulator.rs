@@ -7,16 +7,13 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use fraud_scorer::{Config, Scorer, ScorerSettings, Stores};
-use shardline_aws::SqsQuarantine;
+use fraud_scorer::Config;
 use shardline_aws::bootstrap::bootstrap;
-use shardline_aws::dynamo::{DynamoAlertSink, DynamoProfileStore, DynamoRuleSource};
 use shardline_aws::template::Template;
 use shardline_core::alert::Alert;
 use shardline_core::fraud::profile::CardProfile;
-use shardline_core::ports::NoAlertStream;
 use shardline_testkit::{fixture_bytes, repo_root};
-use shardline_tests::{emulator_config, stage};
+use shardline_tests::{emulator_config, fresh_stack, stage};
 
 async fn scan<T: serde::de::DeserializeOwned>(
     ddb: &aws_sdk_dynamodb::Client,
@@ -109,9 +106,7 @@ async fn bootstrap_creates_every_template_resource_and_then_changes_nothing() {
 #[tokio::test]
 async fn scorer_on_fixtures_against_dynamodb_then_replay_changes_nothing() {
     let cfg = emulator_config().await;
-    let mut t = Template::load(repo_root().join("template.yaml")).unwrap();
-    t.set_param("Stage", &stage('t')).unwrap();
-    bootstrap(&cfg, &mut t).await.expect("bootstrap");
+    let t = fresh_stack(&cfg, 't', &[]).await;
     let f = t
         .functions()
         .into_iter()
@@ -122,19 +117,9 @@ async fn scorer_on_fixtures_against_dynamodb_then_replay_changes_nothing() {
         .expect("template sets the scorer's environment");
     let ddb = aws_sdk_dynamodb::Client::new(&cfg);
     let sqs = aws_sdk_sqs::Client::new(&cfg);
-    let scorer = Scorer::new(
-        Stores {
-            profiles: DynamoProfileStore::new(ddb.clone(), &config.profiles_table),
-            alerts: DynamoAlertSink::new(ddb.clone(), &config.alerts_table),
-            quarantine: SqsQuarantine::new(sqs.clone(), &config.quarantine_queue_url),
-            rules: DynamoRuleSource::new(ddb.clone(), &config.config_table),
-            stream: NoAlertStream,
-        },
-        ScorerSettings {
-            threshold_override: config.alert_threshold,
-            ..ScorerSettings::default()
-        },
-    );
+    // The scorer exactly as deployed (DynamoDB stores, SQS quarantine, rules from the
+    // config table), on the template's resources.
+    let scorer = fraud_scorer::deployed(&config, &cfg);
     let fixtures = [
         "velocity-burst",
         "card-testing",

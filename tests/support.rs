@@ -47,3 +47,22 @@ pub fn stage(prefix: char) -> String {
     let digits: String = unique("s").chars().filter(char::is_ascii_digit).collect();
     format!("{prefix}{}", &digits[digits.len().saturating_sub(12)..])
 }
+
+/// The template with a fresh `Stage` (prefix `prefix`) and `params`, its resources
+/// created in the emulators (queue URLs and ARNs resolved from them).
+pub async fn fresh_stack(
+    sdk: &aws_config::SdkConfig,
+    prefix: char,
+    params: &[(&str, &str)],
+) -> shardline_aws::template::Template {
+    let path = shardline_testkit::repo_root().join("template.yaml");
+    let mut t = shardline_aws::template::Template::load(&path).expect("template.yaml parses");
+    t.set_param("Stage", &stage(prefix)).expect("Stage");
+    for (k, v) in params {
+        t.set_param(k, v).expect("parameter");
+    }
+    shardline_aws::bootstrap::bootstrap(sdk, &mut t)
+        .await
+        .expect("bootstrap the template's resources");
+    t
+}
