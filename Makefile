@@ -42,7 +42,7 @@ TOOLS_BIN := .tools/venv-tools/bin
 export SAM_CLI_TELEMETRY := 0
 
 .PHONY: tools lint-template
-tools: ## install the pinned lint and local-run tools (cfn-lint, sam, cargo-lambda, checkov) into .tools/
+tools: ## install the pinned build and lint tools (cfn-lint, sam, cargo-lambda, zig, checkov) into .tools/
 	infra/local/install.sh tools checkov
 
 lint-template: tools ## validate template.yaml: cfn-lint, sam validate --lint, checkov
@@ -52,7 +52,7 @@ lint-template: tools ## validate template.yaml: cfn-lint, sam validate --lint, c
 
 .PHONY: build deploy
 build: ## sam build: both functions as arm64 Lambda binaries (cargo-lambda + zig), checked with `file`
-	infra/local/install.sh tools zig arm64
+	infra/local/install.sh tools arm64
 	PATH="$(CURDIR)/$(TOOLS_BIN):$$PATH" $(TOOLS_BIN)/sam build --template template.yaml
 	@for f in FraudScorerFunction WindowAggregatorFunction; do \
 	  out=$$(file -b .aws-sam/build/$$f/bootstrap); echo "$$f: $$out"; \

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Installs pinned tooling into project-local, git-ignored folders under .tools/.
 #   install.sh emulators   moto[server] (venv) and kinesis-local (npm)   [default]
-#   install.sh tools       cfn-lint, aws-sam-cli, cargo-lambda, aws-kinesis-agg
-#   install.sh zig         ziglang into the tools venv (cross-linking arm64 for `make build` only)
+#   install.sh tools       cfn-lint, aws-sam-cli, cargo-lambda, ziglang, aws-kinesis-agg
 #   install.sh checkov     checkov (own venv: its boto3 pin conflicts with aws-sam-cli)
 #   install.sh arm64       the Rust standard library for aarch64 Linux (rustup), for Lambda arm64 builds
 #   install.sh all
@@ -25,16 +24,6 @@ pip_install() {
   "$1/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir -r "$2"
 }
 
-# install_extra VENV REQFILE NAME: REQFILE on top of an installed venv, with its own stamp
-# (gone with the venv when that is rebuilt).
-install_extra() {
-  local dir="$1" req="$2" stamp="$1/.shardline-stamp-$3"
-  if [[ -f "$stamp" ]] && cmp -s "$stamp" "$req"; then return 0; fi
-  log "installing $(basename "$req") into ${dir#"$ROOT"/} (first run only)"
-  pip_install "$dir" "$req"
-  cp "$req" "$stamp"
-}
-
 install_node() {
   local pkg="$ROOT/infra/local/package.json"
   if stamp_ok "$NODE_DIR" "$pkg" && [[ -f "$KINESIS_PKG/main.js" ]]; then return 0; fi
@@ -52,14 +41,11 @@ for part in "${@:-emulators}"; do
   case "$part" in
     emulators) install_venv "$EMU_VENV" "$ROOT/infra/local/requirements-emulators.txt"; install_node ;;
     tools) install_venv "$TOOLS_VENV" "$ROOT/infra/requirements-tools.txt" ;;
-    zig)
-      install_venv "$TOOLS_VENV" "$ROOT/infra/requirements-tools.txt"
-      install_extra "$TOOLS_VENV" "$ROOT/infra/requirements-zig.txt" zig ;;
     checkov) install_venv "$CHECKOV_VENV" "$ROOT/infra/requirements-checkov.txt" ;;
     arm64)
       rustup target list --installed | grep -qx aarch64-unknown-linux-gnu \
         || rustup target add aarch64-unknown-linux-gnu ;;
-    all) "$0" emulators tools zig checkov arm64 ;;
-    *) die "unknown part '$part' (emulators, tools, zig, checkov, arm64, all)" ;;
+    all) "$0" emulators tools checkov arm64 ;;
+    *) die "unknown part '$part' (emulators, tools, checkov, arm64, all)" ;;
   esac
 done
