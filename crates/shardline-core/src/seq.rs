@@ -62,7 +62,14 @@ impl SeqNo {
 
     /// Fixed-width (128 digits), zero-padded form: string order equals numeric order.
     pub fn to_padded(&self) -> String {
-        format!("{:0>width$}", self.0, width = SEQ_MAX_DIGITS)
+        let mut s = String::with_capacity(POS_PADDED_WIDTH);
+        self.push_padded(&mut s);
+        s
+    }
+
+    fn push_padded(&self, s: &mut String) {
+        s.extend(std::iter::repeat_n('0', SEQ_MAX_DIGITS - self.0.len()));
+        s.push_str(&self.0);
     }
 }
 
@@ -135,9 +142,33 @@ impl RecordPos {
     /// Fixed-width string (138 characters) whose string order is (seq, sub) order; this
     /// is what replay guards store in DynamoDB and compare in condition expressions.
     pub fn to_padded(&self) -> String {
-        let mut s = self.seq.to_padded();
-        s.push_str(&format!("{:0>width$}", self.sub, width = SUB_DIGITS));
+        let mut s = String::with_capacity(POS_PADDED_WIDTH);
+        self.seq.push_padded(&mut s);
+        let sub = self.sub.to_string();
+        s.extend(std::iter::repeat_n('0', SUB_DIGITS - sub.len()));
+        s.push_str(&sub);
         s
+    }
+
+    /// Compares this position with a padded one (as [`RecordPos::to_padded`] writes it)
+    /// numerically, without allocating. A string of another form compares as text with
+    /// this position's padded form.
+    pub fn cmp_padded(&self, padded: &str) -> Ordering {
+        let well_formed =
+            padded.len() == POS_PADDED_WIDTH && padded.bytes().all(|b| b.is_ascii_digit());
+        if !well_formed {
+            return self.to_padded().as_str().cmp(padded);
+        }
+        let (seq, sub) = padded.split_at(SEQ_MAX_DIGITS);
+        let digits = self.seq.as_str();
+        let (zeros, tail) = seq.split_at(SEQ_MAX_DIGITS - digits.len());
+        let by_seq = if zeros.bytes().any(|b| b != b'0') {
+            Ordering::Less
+        } else {
+            // Same length, digits only: text order is numeric order.
+            digits.cmp(tail)
+        };
+        by_seq.then_with(|| u64::from(self.sub).cmp(&sub.parse::<u64>().unwrap_or(u64::MAX)))
     }
 
     /// Parses the form written by [`RecordPos::to_padded`].
@@ -219,6 +250,15 @@ mod tests {
             let pa = RecordPos { seq: s(&a), sub: sa };
             let pb = RecordPos { seq: s(&b), sub: sb };
             prop_assert_eq!(pa.cmp(&pb), pa.to_padded().cmp(&pb.to_padded()));
+            prop_assert_eq!(pa.cmp_padded(&pb.to_padded()), pa.cmp(&pb));
+            prop_assert_eq!(pa.cmp_padded(&pa.to_padded()), std::cmp::Ordering::Equal);
+            prop_assert_eq!(RecordPos::from_padded(&pa.to_padded()).unwrap(), pa);
+        }
+
+        #[test]
+        fn a_malformed_guard_compares_as_text(a in "[0-9]{1,40}", junk in "[0-9a-z]{0,140}") {
+            let pa = RecordPos::plain(s(&a));
+            prop_assert_eq!(pa.cmp_padded(&junk), pa.to_padded().as_str().cmp(junk.as_str()));
         }
 
         #[test]

@@ -224,11 +224,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         };
         let cfg = &self.settings.windows;
         let p: Plan = plan(items, &progress, cfg);
-        let watermark = p
-            .progress_after
-            .last()
-            .and_then(|s| s.max_event_ms)
-            .map(|m| m - cfg.lateness_ms);
+        let watermark = p.max_event_ms().map(|m| m - cfg.lateness_ms);
 
         let mut touched: BTreeMap<WindowId, KeyKind> = BTreeMap::new();
         for (w, (k, _)) in p.on_time.iter().chain(&p.late_in) {
@@ -457,7 +453,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         // Progress moves to the last record before the retry point.
         let upto = failed_ix.unwrap_or(items.len());
         let mut lowest_failure = failed_ix.map(|i| items[i].meta.pos.seq.clone());
-        if let Some(next) = p.progress_at(upto)
+        if let Some(next) = p.progress_at(items, upto)
             && next != progress
             && let Err(e) = self.put_progress(shard, &next).await
         {

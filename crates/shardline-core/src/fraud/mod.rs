@@ -8,6 +8,7 @@ pub mod rules;
 use crate::alert::{Alert, utc_day};
 use crate::batch::Item;
 use crate::event::Txn;
+use crate::seq::RecordPos;
 use profile::{Admission, CardProfile};
 use rules::RuleSet;
 
@@ -41,9 +42,23 @@ pub fn apply_card(profile: CardProfile, items: &[Item<'_, Txn>], rules: &RuleSet
         profile,
         ..CardOutcome::default()
     };
+    // The shard's guard moves once per run of one shard's records (a batch holds one
+    // shard), to the highest position of the run; inside the run, a position at or
+    // below that is a replay.
+    let mut run: Option<(&str, &RecordPos)> = None;
     for item in items {
         let (meta, txn) = (item.meta, item.body);
-        match out.profile.admit(&meta.shard_id, &meta.pos, &txn.event_id) {
+        if let Some((shard, last)) = run
+            && shard != &*meta.shard_id
+        {
+            out.profile.mark_applied(shard, last);
+            run = None;
+        }
+        let admission = match run {
+            Some((_, last)) if meta.pos <= *last => Admission::Replayed,
+            _ => out.profile.admit(&meta.shard_id, &meta.pos, &txn.event_id),
+        };
+        match admission {
             Admission::Replayed => {
                 out.replayed += 1;
                 continue;
@@ -51,9 +66,9 @@ pub fn apply_card(profile: CardProfile, items: &[Item<'_, Txn>], rules: &RuleSet
             Admission::DuplicateEvent => out.duplicates += 1,
             Admission::New => {
                 let f = features::compute(&out.profile, txn);
-                let s = rules.score(&f);
                 out.scored += 1;
-                if rules.alerts(&s) {
+                if rules.alerts_on(&f) {
+                    let s = rules.score(&f);
                     out.alerts.push(Alert {
                         alert_id: txn.event_id.clone(),
                         source: SOURCE.to_owned(),
@@ -74,8 +89,11 @@ pub fn apply_card(profile: CardProfile, items: &[Item<'_, Txn>], rules: &RuleSet
                 out.profile.update(txn);
             }
         }
-        out.profile.mark_applied(&meta.shard_id, &meta.pos);
+        run = Some((&meta.shard_id, &meta.pos));
         out.changed = true;
+    }
+    if let Some((shard, last)) = run {
+        out.profile.mark_applied(shard, last);
     }
     out
 }

@@ -106,7 +106,7 @@ impl CardProfile {
     /// profile. Positions are compared in their fixed-width form, so numerically.
     pub fn admit(&self, shard: &str, pos: &RecordPos, event_id: &str) -> Admission {
         if let Some(done) = self.applied.get(shard)
-            && pos.to_padded().as_str() <= done.as_str()
+            && pos.cmp_padded(done) != std::cmp::Ordering::Greater
         {
             return Admission::Replayed;
         }
@@ -119,7 +119,12 @@ impl CardProfile {
     /// Moves the shard's guard to `pos` (also for skipped duplicates, so they stay
     /// skipped cheaply on replay).
     pub fn mark_applied(&mut self, shard: &str, pos: &RecordPos) {
-        self.applied.insert(shard.to_owned(), pos.to_padded());
+        match self.applied.get_mut(shard) {
+            Some(done) => *done = pos.to_padded(),
+            None => {
+                self.applied.insert(shard.to_owned(), pos.to_padded());
+            }
+        }
         while self.applied.len() > MAX_GUARDS {
             let lowest = self.applied.keys().next().cloned();
             if let Some(k) = lowest {
@@ -186,9 +191,11 @@ impl CardProfile {
 
 /// Moves `v` to the front of a bounded most-recent-first list.
 fn bump(list: &mut VecDeque<String>, v: &str, cap: usize) {
-    if let Some(i) = list.iter().position(|x| x == v) {
-        list.remove(i);
-    }
-    list.push_front(v.to_owned());
+    // A known value moves (its string is reused); a new one is copied once.
+    let entry = match list.iter().position(|x| x == v) {
+        Some(i) => list.remove(i).unwrap_or_default(),
+        None => v.to_owned(),
+    };
+    list.push_front(entry);
     list.truncate(cap);
 }

@@ -123,12 +123,10 @@ impl RuleSet {
         Ok(())
     }
 
-    /// Scores features.
-    pub fn score(&self, f: &Features) -> Score {
-        let mut s = Score::default();
-        let mut total = 0u32;
-        for r in &self.rules {
-            let Some(v) = f.get(&r.feature) else { continue };
+    /// The rules that fire on these features, with the feature value each saw.
+    fn firing<'a>(&'a self, f: &'a Features) -> impl Iterator<Item = (&'a Rule, f64)> + 'a {
+        self.rules.iter().filter_map(|r| {
+            let v = f.get(&r.feature)?;
             let fires = match r.op {
                 Op::Gt => v > r.value,
                 Op::Gte => v >= r.value,
@@ -136,9 +134,25 @@ impl RuleSet {
                 Op::Lte => v <= r.value,
                 Op::Eq => (v - r.value).abs() < f64::EPSILON,
             };
-            if !fires {
-                continue;
-            }
+            fires.then_some((r, v))
+        })
+    }
+
+    /// True when these features score at or above the alert threshold: the same total
+    /// as [`RuleSet::score`], without building reasons (most events raise nothing).
+    pub fn alerts_on(&self, f: &Features) -> bool {
+        let total = self
+            .firing(f)
+            .filter(|(r, _)| !r.shadow)
+            .fold(0u32, |t, (r, _)| t.saturating_add(r.score));
+        total.min(MAX_SCORE) >= self.alert_threshold
+    }
+
+    /// Scores features.
+    pub fn score(&self, f: &Features) -> Score {
+        let mut s = Score::default();
+        let mut total = 0u32;
+        for (r, v) in self.firing(f) {
             s.fired.insert(r.feature.clone(), v);
             if r.shadow {
                 s.shadow_reasons.push(r.reason.clone());
@@ -331,6 +345,24 @@ mod tests {
         assert_eq!(s.score, 0);
         assert_eq!(s.shadow_reasons, vec!["VELOCITY_1H"]);
         assert_eq!(s.fired["count_1h"], 25.0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_quick_alert_test_agrees_with_the_full_score(
+            c1m in 0u32..30, s1m in 0i64..2_000_000, c1h in 0u32..40, z in -5.0f64..10.0,
+            kmh in 0.0f64..5_000.0, nm: bool, nc: bool, tiny in 0u32..10, mcc: bool,
+            streak in 0u32..10, burst in 0u32..20, threshold in 0u32..1200,
+        ) {
+            let mut rs = rules();
+            rs.alert_threshold = threshold;
+            let f = Features {
+                count_1m: c1m, sum_1m: s1m, count_1h: c1h, sum_1h: s1m * 3, amount_z: z,
+                travel_kmh: kmh, new_merchant: nm, new_country: nc, tiny_merchants_10m: tiny,
+                high_risk_mcc: mcc, decline_streak: streak, new_card_burst: burst,
+            };
+            proptest::prop_assert_eq!(rs.alerts_on(&f), rs.alerts(&rs.score(&f)));
+        }
     }
 
     #[test]

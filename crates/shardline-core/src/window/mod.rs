@@ -223,10 +223,14 @@ impl Metrics {
                 AuthResult::Approved => self.approved += 1,
                 AuthResult::Declined => self.declined += 1,
             }
-            self.currencies
-                .entry(t.currency.clone())
-                .or_default()
-                .add(t.amount_minor);
+            match self.currencies.get_mut(&t.currency) {
+                Some(agg) => agg.add(t.amount_minor),
+                None => {
+                    let mut agg = CurrencyAgg::default();
+                    agg.add(t.amount_minor);
+                    self.currencies.insert(t.currency.clone(), agg);
+                }
+            }
             if track_cards {
                 self.cards.add(&t.card_token);
             }
@@ -347,6 +351,35 @@ pub struct Late {
     pub watermark_ms: i64,
 }
 
+/// A stored replay guard (a padded position), compared with records as numbers.
+#[derive(Clone, Debug)]
+enum Guard {
+    /// Nothing applied yet.
+    Empty,
+    /// The last position applied.
+    Pos(RecordPos),
+    /// A guard that does not parse (never written by this code): compared as text.
+    Text(String),
+}
+
+impl Guard {
+    fn new(padded: &str) -> Self {
+        if padded.is_empty() {
+            return Guard::Empty;
+        }
+        RecordPos::from_padded(padded).map_or_else(|_| Guard::Text(padded.to_owned()), Guard::Pos)
+    }
+
+    /// True when the record at `pos` is already reflected.
+    fn covers(&self, pos: &RecordPos) -> bool {
+        match self {
+            Guard::Empty => false,
+            Guard::Pos(g) => pos <= g,
+            Guard::Text(g) => pos.to_padded() <= *g,
+        }
+    }
+}
+
 /// What a batch does to a shard's windows, before any partial is read.
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
@@ -357,29 +390,58 @@ pub struct Plan {
     pub late_in: BTreeMap<WindowId, (KeyKind, Vec<usize>)>,
     /// Late records, for the side output.
     pub late: Vec<Late>,
-    /// Watermark-relevant state after each record: `progress_after[i]` is the shard
-    /// progress once records `..=i` are applied (without the id ring; see
-    /// [`Plan::progress_at`]).
-    pub progress_after: Vec<ShardProgress>,
     /// Records skipped as producer duplicates (an event id the shard applied recently).
     pub duplicates: Vec<usize>,
-    start_ring: Vec<u8>,
+    /// The stored progress the plan started from.
+    start: ShardProgress,
+    /// Largest event time once records `..=i` are applied.
+    max_event_after: Vec<Option<i64>>,
+    /// The record whose position is the shard's `applied` once records `..=i` are
+    /// applied (`None`: still the stored one).
+    applied_after: Vec<Option<usize>>,
     new_ids: Vec<(usize, u64)>,
 }
 
 impl Plan {
-    /// The shard's progress once records `..upto` are applied, id ring included.
-    pub fn progress_at(&self, upto: usize) -> Option<ShardProgress> {
-        let mut p = self.progress_after.get(upto.checked_sub(1)?)?.clone();
-        let mut ring = ring_of(&self.start_ring);
+    /// Largest event time of the shard once the whole batch is applied (`None` for an
+    /// empty batch).
+    pub fn max_event_ms(&self) -> Option<i64> {
+        self.max_event_after.last().copied().flatten()
+    }
+
+    /// The shard's progress once records `..upto` of `items` (the planned slice) are
+    /// applied, id ring included.
+    pub fn progress_at(&self, items: &[Item<'_, Txn>], upto: usize) -> Option<ShardProgress> {
+        let last = upto.checked_sub(1)?;
+        let max_event_ms = *self.max_event_after.get(last)?;
+        let applied = match self.applied_after[last] {
+            Some(i) => items.get(i)?.meta.pos.to_padded(),
+            None => self.start.applied.clone(),
+        };
+        let mut ring = ring_of(&self.start.recent);
         for (_, h) in self.new_ids.iter().take_while(|(i, _)| *i < upto) {
             ring.push_back(*h);
         }
         while ring.len() > RECENT_IDS {
             ring.pop_front();
         }
-        p.recent = ring.iter().flat_map(|h| h.to_le_bytes()).collect();
-        Some(p)
+        Some(ShardProgress {
+            max_event_ms,
+            applied,
+            recent: ring.iter().flat_map(|h| h.to_le_bytes()).collect(),
+        })
+    }
+}
+
+/// A window while planning: kind, the key's raw text (merchant id, card token or ""),
+/// width, start, and whether the records in it are late.
+type Slot<'a> = (KeyKind, &'a str, i64, i64, bool);
+
+fn raw_key(kind: KeyKind, t: &Txn) -> &str {
+    match kind {
+        KeyKind::Merchant => &t.merchant_id,
+        KeyKind::Card => &t.card_token,
+        KeyKind::Global => "",
     }
 }
 
@@ -389,33 +451,33 @@ impl Plan {
 /// (on time or late) is the same however the stream is split into batches or replayed.
 pub fn plan(items: &[Item<'_, Txn>], progress: &ShardProgress, cfg: &WindowConfig) -> Plan {
     let mut p = Plan {
-        start_ring: progress.recent.clone(),
+        start: progress.clone(),
+        max_event_after: Vec::with_capacity(items.len()),
+        applied_after: Vec::with_capacity(items.len()),
         ..Plan::default()
     };
+    let guard = Guard::new(&progress.applied);
     let mut max_event = progress.max_event_ms;
-    let mut applied = progress.applied.clone();
+    let mut applied = None;
     let mut ring = ring_of(&progress.recent);
     let mut seen: std::collections::HashSet<u64> = ring.iter().copied().collect();
+    // Windows are interned per batch: a key string is built once per touched window,
+    // not once per record.
+    let mut slots: std::collections::HashMap<Slot<'_>, usize> = std::collections::HashMap::new();
+    let mut windows: Vec<(Slot<'_>, Vec<usize>)> = Vec::new();
     for (i, it) in items.iter().enumerate() {
-        let pos = it.meta.pos.to_padded();
-        if !applied.is_empty() && pos <= applied {
-            p.progress_after.push(ShardProgress {
-                max_event_ms: max_event,
-                applied: applied.clone(),
-                recent: Vec::new(),
-            });
+        if guard.covers(&it.meta.pos) {
+            p.max_event_after.push(max_event);
+            p.applied_after.push(applied);
             continue;
         }
+        applied = Some(i);
         let h = hll::stable_hash(&it.body.event_id);
         if seen.contains(&h) {
             // A producer sent this event twice: the first copy already counted.
             p.duplicates.push(i);
-            applied = pos;
-            p.progress_after.push(ShardProgress {
-                max_event_ms: max_event,
-                applied: applied.clone(),
-                recent: Vec::new(),
-            });
+            p.max_event_after.push(max_event);
+            p.applied_after.push(applied);
             continue;
         }
         seen.insert(h);
@@ -427,39 +489,55 @@ pub fn plan(items: &[Item<'_, Txn>], progress: &ShardProgress, cfg: &WindowConfi
         }
         p.new_ids.push((i, h));
         let watermark = max_event.map(|m| m - cfg.lateness_ms);
+        let t = it.body;
         let mut missed = Vec::new();
-        for (kind, w) in windows_of(it.body, cfg) {
-            if watermark.is_some_and(|wm| w.end_ms() <= wm) {
-                p.late_in
-                    .entry(w.clone())
-                    .or_insert_with(|| (kind, Vec::new()))
-                    .1
-                    .push(i);
-                missed.push(w);
-            } else {
-                p.on_time
-                    .entry(w)
-                    .or_insert_with(|| (kind, Vec::new()))
-                    .1
-                    .push(i);
+        for (kind, widths) in &cfg.widths {
+            for &width in widths {
+                let start = window_start(t.event_time_ms, width);
+                let late = watermark.is_some_and(|wm| start + width <= wm);
+                let slot = (*kind, raw_key(*kind, t), width, start, late);
+                let n = *slots.entry(slot).or_insert_with(|| {
+                    windows.push((slot, Vec::new()));
+                    windows.len() - 1
+                });
+                windows[n].1.push(i);
+                if late {
+                    missed.push(n);
+                }
             }
         }
         if !missed.is_empty() {
             p.late.push(Late {
                 index: i,
-                windows: missed,
+                windows: missed
+                    .iter()
+                    .map(|&n| slot_window(windows[n].0, t))
+                    .collect(),
                 watermark_ms: watermark.unwrap_or_default(),
             });
         }
-        max_event = Some(max_event.map_or(it.body.event_time_ms, |m| m.max(it.body.event_time_ms)));
-        applied = pos;
-        p.progress_after.push(ShardProgress {
-            max_event_ms: max_event,
-            applied: applied.clone(),
-            recent: Vec::new(),
-        });
+        max_event = Some(max_event.map_or(t.event_time_ms, |m| m.max(t.event_time_ms)));
+        p.max_event_after.push(max_event);
+        p.applied_after.push(applied);
+    }
+    for (slot, ix) in windows {
+        let w = slot_window(slot, items[ix[0]].body);
+        let to = if slot.4 {
+            &mut p.late_in
+        } else {
+            &mut p.on_time
+        };
+        to.insert(w, (slot.0, ix));
     }
     p
+}
+
+fn slot_window(slot: Slot<'_>, t: &Txn) -> WindowId {
+    WindowId {
+        key: key_of(slot.0, t),
+        width_ms: slot.2,
+        start_ms: slot.3,
+    }
 }
 
 /// Applies a window's records to its stored partial, skipping those it already has.
@@ -471,17 +549,16 @@ pub fn apply_to_partial(
     late: &[&Item<'_, Txn>],
     watermark_ms: Option<i64>,
 ) -> bool {
-    let guard = partial.applied.clone();
-    let fresh = |it: &&&Item<'_, Txn>| guard.is_empty() || it.meta.pos.to_padded() > guard;
-    let new_on_time: Vec<&Txn> = on_time.iter().filter(fresh).map(|it| it.body).collect();
+    let guard = Guard::new(&partial.applied);
+    let fresh = |it: &&&Item<'_, Txn>| !guard.covers(&it.meta.pos);
+    let new_on_time = on_time.iter().filter(fresh).map(|it| it.body);
     let new_late = late.iter().filter(fresh).count() as u64;
     let last = on_time
         .iter()
         .chain(late)
         .filter(fresh)
         .map(|it| &it.meta.pos)
-        .max()
-        .cloned();
+        .max();
     let now_final = watermark_ms.is_some_and(|wm| partial.window.end_ms() <= wm);
     let Some(last) = last else {
         if now_final && !partial.is_final {
@@ -490,9 +567,9 @@ pub fn apply_to_partial(
         }
         return false;
     };
+    partial.applied = last.to_padded();
     partial.metrics.add_all(new_on_time, kind != KeyKind::Card);
     partial.metrics.late += new_late;
-    partial.applied = RecordPos::to_padded(&last);
     partial.is_final |= now_final;
     true
 }
@@ -621,9 +698,9 @@ mod tests {
             .collect();
         let full = plan(&items, &ShardProgress::default(), &cfg);
         let first = plan(&items[..3], &ShardProgress::default(), &cfg);
-        let rest = plan(&items, &first.progress_at(3).unwrap(), &cfg);
+        let rest = plan(&items, &first.progress_at(&items, 3).unwrap(), &cfg);
         let count = |p: &Plan| p.on_time.values().map(|(_, v)| v.len()).sum::<usize>();
         assert_eq!(count(&first) + count(&rest), count(&full));
-        assert_eq!(rest.progress_at(6), full.progress_at(6));
+        assert_eq!(rest.progress_at(&items, 6), full.progress_at(&items, 6));
     }
 }
