@@ -264,8 +264,11 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             }
         }
 
-        // Fold the new records into each touched partial, in memory.
-        let mut local: HashMap<WindowId, Metrics> = HashMap::new();
+        // Fold the new records into each touched partial, in memory. Window rules are
+        // checked on merged totals only where this shard's part alone reaches the
+        // rule's share of the threshold: the other windows cost no read.
+        let share = self.settings.rule_local_share;
+        let mut candidates = Vec::new();
         let mut writes: Vec<(WindowPartial, Option<u64>, Vec<usize>)> = Vec::new();
         for (w, kind) in &touched {
             let key = (w.pk(), w.sk(shard));
@@ -286,14 +289,14 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             let mut ix: Vec<usize> = p.on_time.get(w).map(|(_, v)| v.clone()).unwrap_or_default();
             ix.extend(p.late_in.get(w).map(|(_, v)| v.clone()).unwrap_or_default());
             let changed = apply_to_partial(&mut partial, *kind, &on, &lt, watermark);
-            if self
+            let rules: Vec<_> = self
                 .settings
                 .rules
                 .for_window(*kind, w.width_ms)
-                .next()
-                .is_some()
-            {
-                local.insert(w.clone(), partial.metrics.clone());
+                .filter(|r| r.metric.value(&partial.metrics) >= r.value * share)
+                .collect();
+            if !rules.is_empty() {
+                candidates.push((w, rules));
             }
             if changed {
                 partial.version += 1;
@@ -362,23 +365,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
 
         // Window rules on merged totals of the windows this batch touched.
         let mut alerts: Vec<(Alert, usize)> = Vec::new();
-        for (w, kind) in &touched {
-            // Only windows where this shard's part alone reaches the rule's share of the
-            // threshold can have crossed it: the others cost no read.
-            let share = self.settings.rule_local_share;
-            let rules: Vec<_> = self
-                .settings
-                .rules
-                .for_window(*kind, w.width_ms)
-                .filter(|r| {
-                    local
-                        .get(w)
-                        .is_some_and(|m| r.metric.value(m) >= r.value * share)
-                })
-                .collect();
-            if rules.is_empty() {
-                continue;
-            }
+        for (w, rules) in candidates {
             let first_ix = p
                 .on_time
                 .get(w)

@@ -227,7 +227,8 @@ pub fn preaggregate(records: &[InRecord<Txn>]) -> usize {
 }
 
 /// Throughput rows: (what, records/s per core, MB/s).
-pub fn throughput(budget: Duration) -> Vec<(String, f64, f64)> {
+/// `only`: measure just the rows whose name contains it.
+pub fn throughput(budget: Duration, only: Option<&str>) -> Vec<(String, f64, f64)> {
     let full = batch(None, false);
     let kpl = batch(Some(full.records), true);
     let mb = |b: &Batch| b.json.len() as f64 / b.records as f64 / 1e6;
@@ -235,52 +236,46 @@ pub fn throughput(budget: Duration) -> Vec<(String, f64, f64)> {
     let limits = bench_limits();
     let decoded = shardline_aws::decode_event_json(&full.json, &limits).expect("decode");
     let mut rows = Vec::new();
-    let mut row = |name: &str, r: f64, b: &Batch| rows.push((name.to_owned(), r, r * mb(b)));
+    let mut row = |name: &str, b: &Batch, f: &mut dyn FnMut()| {
+        if only.is_none_or(|o| name.contains(o)) {
+            let r = rate(b.records, budget, f);
+            rows.push((name.to_owned(), r, r * mb(b)));
+        }
+    };
     row(
         "decode, stock KinesisEvent + serde_json (floor)",
-        rate(full.records, budget, || {
+        &full,
+        &mut || {
             std::hint::black_box(stock_decode(&full.json));
-        }),
-        &full,
+        },
     );
-    row(
-        "decode, lean envelope (shardline)",
-        rate(full.records, budget, || {
-            let _ = std::hint::black_box(shardline_aws::decode_event_json(&full.json, &limits));
-        }),
-        &full,
-    );
-    row(
-        "decode, lean envelope, KPL-aggregated",
-        rate(kpl.records, budget, || {
-            let _ = std::hint::black_box(shardline_aws::decode_event_json(&kpl.json, &limits));
-        }),
-        &kpl,
-    );
+    row("decode, lean envelope (shardline)", &full, &mut || {
+        let _ = std::hint::black_box(shardline_aws::decode_event_json(&full.json, &limits));
+    });
+    row("decode, lean envelope, KPL-aggregated", &kpl, &mut || {
+        let _ = std::hint::black_box(shardline_aws::decode_event_json(&kpl.json, &limits));
+    });
     row(
         "window pre-aggregation of decoded events",
-        rate(full.records, budget, || {
+        &full,
+        &mut || {
             std::hint::black_box(preaggregate(&decoded));
-        }),
-        &full,
+        },
     );
-    row(
-        "fraud-scorer handler, decode included",
-        rate(full.records, budget, || {
-            std::hint::black_box(mem_scorer(&rt, &full.json));
-        }),
-        &full,
-    );
+    row("fraud-scorer handler, decode included", &full, &mut || {
+        std::hint::black_box(mem_scorer(&rt, &full.json));
+    });
     row(
         "window-aggregator handler, decode included",
-        rate(full.records, budget, || {
-            std::hint::black_box(mem_aggregator(&rt, &full.json));
-        }),
         &full,
+        &mut || {
+            std::hint::black_box(mem_aggregator(&rt, &full.json));
+        },
     );
     row(
         "naive scorer (GetItem + PutItem per record, serial)",
-        rate(full.records, budget, || {
+        &full,
+        &mut || {
             let (p, a) = (MemProfiles::default(), MemAlerts::default());
             rt.block_on(
                 NaiveScorer {
@@ -290,8 +285,7 @@ pub fn throughput(budget: Duration) -> Vec<(String, f64, f64)> {
                 }
                 .handle(&full.json),
             );
-        }),
-        &full,
+        },
     );
     rows
 }

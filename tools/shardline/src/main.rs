@@ -135,6 +135,10 @@ enum Command {
         /// emulators down, so they have the cores to themselves).
         #[arg(long)]
         skip_throughput: bool,
+        /// Only the throughput rows whose name contains this text (to profile one of
+        /// them, e.g. `--throughput-only --only scorer` under perf).
+        #[arg(long)]
+        only: Option<String>,
         /// The SAM template.
         #[arg(long, default_value = "template.yaml")]
         template: PathBuf,
@@ -177,13 +181,14 @@ async fn main() -> anyhow::Result<()> {
             delay_ms,
             throughput_only,
             skip_throughput,
+            only,
             template,
         } => {
             bench_cmd(
                 seconds,
                 delay_ms,
-                throughput_only,
-                skip_throughput,
+                (throughput_only, skip_throughput),
+                only,
                 &template,
             )
             .await
@@ -365,15 +370,15 @@ async fn main() -> anyhow::Result<()> {
 async fn bench_cmd(
     seconds: f64,
     delay_ms: u64,
-    throughput_only: bool,
-    skip_throughput: bool,
+    (throughput_only, skip_throughput): (bool, bool),
+    only: Option<String>,
     template: &std::path::Path,
 ) -> anyhow::Result<()> {
     use shardline::bench;
     let root = std::env::current_dir()?;
     let full = bench::batch(None, false);
     if !skip_throughput {
-        throughput_rows(&full, seconds)?;
+        throughput_rows(&full, seconds, only)?;
     }
     if throughput_only {
         return Ok(());
@@ -381,7 +386,11 @@ async fn bench_cmd(
     bench_emulator_rows(&root, &full, delay_ms, template).await
 }
 
-fn throughput_rows(full: &shardline::bench::Batch, seconds: f64) -> anyhow::Result<()> {
+fn throughput_rows(
+    full: &shardline::bench::Batch,
+    seconds: f64,
+    only: Option<String>,
+) -> anyhow::Result<()> {
     use shardline::bench;
     println!(
         "shardline bench: {} cores, full batch {} records / {:.2} MB ({} bytes per record with the envelope)",
@@ -395,9 +404,11 @@ fn throughput_rows(full: &shardline::bench::Batch, seconds: f64) -> anyhow::Resu
         "in process, one core (in-memory stores)", "records/s", "MB/s"
     );
     // On a thread of its own: the handlers run on their own single-thread runtime, one core.
-    let rows = std::thread::spawn(move || bench::throughput(Duration::from_secs_f64(seconds)))
-        .join()
-        .map_err(|_| anyhow::anyhow!("throughput thread panicked"))?;
+    let rows = std::thread::spawn(move || {
+        bench::throughput(Duration::from_secs_f64(seconds), only.as_deref())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("throughput thread panicked"))?;
     for (name, r, mb) in rows {
         println!("{name:<56} {r:>14.0} {mb:>9.1}");
     }
