@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use shardline_aws::sdk::{deadline_instant, load_sdk_config};
 use shardline_aws::telemetry::{BatchProcessed, init_tracing};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     init_tracing();
     let cfg = Config::from_env()?;

@@ -11,7 +11,7 @@ use shardline_aws::telemetry::{BatchProcessed, init_tracing};
 use window_aggregator::tumbling::is_time_window_event;
 use window_aggregator::{Config, FUNCTION};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     init_tracing();
     let cfg = Config::from_env()?;

@@ -543,7 +543,8 @@ pub mod runtime_stub {
     use super::*;
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-    /// Starts `binary` with `env`, serves it `event` as its first invocation, and returns
+    /// Starts `binary` with `env`, serves it `event` as its first invocation (one request
+    /// per connection, each answered with `Connection: close`), and returns
     /// (ms from spawn to its first `next` request, peak RSS in KiB after the response).
     pub async fn run_once(
         binary: &Path,
@@ -559,9 +560,9 @@ pub mod runtime_stub {
             .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AWS_LAMBDA_LOG_LEVEL", "error")
+            .env("AWS_LAMBDA_LOG_LEVEL", "warn")
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log_file(binary)?)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
@@ -569,9 +570,17 @@ pub mod runtime_stub {
         let mut first_next: Option<f64> = None;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut served = false;
+        let mut hwm = 0;
         while Instant::now() < deadline {
-            let (mut sock, _) =
-                tokio::time::timeout(Duration::from_secs(30), listener.accept()).await??;
+            let (mut sock, _) = tokio::time::timeout(Duration::from_secs(120), listener.accept())
+                .await
+                .with_context(|| {
+                    format!(
+                        "{} did not call the Runtime API within 120 s (its log: {})",
+                        binary.display(),
+                        log_path(binary).display()
+                    )
+                })??;
             let (r, mut w) = sock.split();
             let mut reader = BufReader::new(r);
             let mut line = String::new();
@@ -594,31 +603,53 @@ pub mod runtime_stub {
                     first_next = Some(spawned.elapsed().as_secs_f64() * 1e3);
                 }
                 if served {
-                    break; // the response came back; stop at its next poll
+                    // The response came back and the function waits for its next event:
+                    // read its peak memory while it is still alive, then stop.
+                    hwm = peak_rss_kib(pid);
+                    break;
                 }
                 let deadline_ms = crate::common::now_ms() + 60_000;
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: bench-1\r\nLambda-Runtime-Deadline-Ms: {deadline_ms}\r\nLambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:000000000000:function:bench\r\nContent-Length: {}\r\n\r\n",
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLambda-Runtime-Aws-Request-Id: bench-1\r\nLambda-Runtime-Deadline-Ms: {deadline_ms}\r\nLambda-Runtime-Invoked-Function-Arn: arn:aws:lambda:us-east-1:000000000000:function:bench\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
                     event.len()
                 );
                 w.write_all(head.as_bytes()).await?;
                 w.write_all(event).await?;
                 served = true;
             } else {
-                w.write_all(b"HTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\n{}")
-                    .await?;
+                w.write_all(
+                    b"HTTP/1.1 202 Accepted\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
+                )
+                .await?;
             }
         }
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let hwm = status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
         let _ = child.kill().await;
         Ok((first_next.unwrap_or(f64::NAN), hwm))
     }
+}
+
+/// Peak resident set of a live process, KiB (0 when it cannot be read).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Where a function run by the bench writes its log.
+fn log_path(binary: &Path) -> PathBuf {
+    let name = binary
+        .file_name()
+        .map_or_else(|| "function".into(), |n| n.to_string_lossy().into_owned());
+    std::env::temp_dir().join(format!("shardline-bench-{name}.log"))
+}
+
+fn log_file(binary: &Path) -> anyhow::Result<std::fs::File> {
+    let path = log_path(binary);
+    std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
 }
 
 /// The host release binary of a function (built by `make bench`).
