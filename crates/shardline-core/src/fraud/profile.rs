@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{AuthResult, Txn};
 use crate::seq::RecordPos;
+use crate::window::hll::stable_hash;
 
 /// Longest horizon any feature looks back over (1 hour).
 pub const HORIZON_MS: i64 = 3_600_000;
@@ -77,9 +78,11 @@ pub struct CardProfile {
     /// Consecutive declines up to the latest transaction.
     #[serde(default)]
     pub decline_streak: u32,
-    /// Ids of the latest events applied.
-    #[serde(default)]
-    pub event_ids: VecDeque<String>,
+    /// Hashes of the latest event ids applied (little-endian u64s of
+    /// [`stable_hash`], oldest first, at most [`MAX_EVENT_IDS`]): 8 bytes an event
+    /// instead of the id itself, which keeps the item, and its write units, small.
+    #[serde(default, with = "serde_bytes")]
+    pub recent_ids: Vec<u8>,
 }
 
 /// Whether a record changes a profile.
@@ -110,7 +113,8 @@ impl CardProfile {
         {
             return Admission::Replayed;
         }
-        if self.event_ids.iter().any(|e| e == event_id) {
+        let h = stable_hash(event_id);
+        if self.recent_event_hashes().any(|e| e == h) {
             return Admission::DuplicateEvent;
         }
         Admission::New
@@ -182,10 +186,19 @@ impl CardProfile {
             AuthResult::Declined => self.decline_streak + 1,
             AuthResult::Approved => 0,
         };
-        self.event_ids.push_back(t.event_id.clone());
-        while self.event_ids.len() > MAX_EVENT_IDS {
-            self.event_ids.pop_front();
+        self.recent_ids
+            .extend_from_slice(&stable_hash(&t.event_id).to_le_bytes());
+        let keep = 8 * MAX_EVENT_IDS;
+        if self.recent_ids.len() > keep {
+            self.recent_ids.drain(..self.recent_ids.len() - keep);
         }
+    }
+
+    /// Hashes of the latest event ids applied, oldest first.
+    pub fn recent_event_hashes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.recent_ids
+            .chunks_exact(8)
+            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
     }
 }
 
