@@ -190,3 +190,56 @@ async fn a_failing_record_is_isolated_by_bisection_then_sent_to_on_failure() {
     assert_eq!(rec["KinesisBatchInfo"]["endSequenceNumber"], json!(bad));
     assert_eq!(rec["KinesisBatchInfo"]["batchSize"], 1);
 }
+
+/// One invocation as a tumbling-window function saw it: sequence numbers, the state it
+/// was given, and whether it was the window's final invoke.
+type WindowCall = (Vec<String>, Value, bool);
+
+#[tokio::test]
+async fn a_tumbling_window_retry_starts_at_the_reported_record_with_the_returned_state() {
+    let (_t, clients, mut m, seqs, on_failure) = setup(10).await;
+    // A window of a day: every record (put within seconds) arrives in the same one.
+    m.tumbling_window = Some(86_400);
+    let calls: Arc<Mutex<Vec<WindowCall>>> = Arc::default();
+    let bad = seqs[4].clone();
+    let (calls2, bad2) = (calls.clone(), bad.clone());
+    let invoker: Invoker = Arc::new(move |payload: Vec<u8>| -> InvokeFuture {
+        let (calls, bad) = (calls2.clone(), bad2.clone());
+        Box::pin(async move {
+            let ev: Value = serde_json::from_slice(&payload).unwrap();
+            let got: Vec<String> = ev["Records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["kinesis"]["sequenceNumber"].as_str().unwrap().to_owned())
+                .collect();
+            let mut calls = calls.lock().unwrap();
+            let first = calls.is_empty();
+            calls.push((
+                got,
+                ev["state"].clone(),
+                ev["isFinalInvokeForWindow"] == json!(true),
+            ));
+            if first {
+                // The records before `bad` are in this state; `bad` and later are not.
+                return Ok(
+                    json!({"state": {"upto": "3"}, "batchItemFailures": [{"itemIdentifier": bad}]}),
+                );
+            }
+            Ok(json!({"state": {"upto": "9"}, "batchItemFailures": []}))
+        })
+    });
+    run(m, clients, invoker, Some(on_failure), opts())
+        .await
+        .unwrap();
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(
+        calls,
+        vec![
+            (seqs.clone(), json!({}), false),
+            (seqs[4..].to_vec(), json!({"upto": "3"}), false),
+            (Vec::new(), json!({"upto": "9"}), true),
+        ],
+        "the retry starts at the reported record, with the state the function returned"
+    );
+}

@@ -38,6 +38,10 @@ pub enum HandlerError {
     /// The event is not a Kinesis event.
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
+    /// Effects are not durable and there is no record to report them at (a tumbling
+    /// window's final invoke): a function error, so that Lambda retries the invocation.
+    #[error("{0}")]
+    Incomplete(&'static str),
 }
 
 /// Settings that are not stores.

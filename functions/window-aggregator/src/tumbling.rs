@@ -10,6 +10,11 @@
 //! invocation of a window writes the rest, marked final. The response carries the state
 //! and partial batch failures (the crate's response type has no such field, hence
 //! [`TumblingResponse`]).
+//!
+//! A failed invocation returns the state it was given and reports the first record that
+//! state does not hold. So whatever Lambda retries with (from the reported record with the
+//! returned state, or the whole batch with the given state), every record after the state
+//! is delivered again and folded once: nothing is lost, nothing counted twice.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -95,6 +100,17 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         let start_ms = props.window.start.timestamp_millis();
         let width_ms = props.window.end.timestamp_millis() - start_ms;
 
+        // The first record whose effect the given state does not hold (a good record not
+        // folded in, or a poison record not known to be quarantined): a failure is
+        // reported there, with the given state, never at a later record.
+        let given_applied = state.applied.clone();
+        let first_open = records
+            .iter()
+            .map(|r| &r.meta.pos)
+            .filter(|pos| given_applied.is_empty() || pos.to_padded() > given_applied)
+            .min()
+            .or_else(|| records.iter().map(|r| &r.meta.pos).min())
+            .map(|pos| pos.seq.clone());
         let mut items: Vec<(&RecordPos, &Txn)> = records
             .iter()
             .filter_map(|r| r.body.as_ref().ok().map(|t| (&r.meta.pos, t)))
@@ -115,7 +131,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             state.applied = padded;
         }
 
-        let mut failure: Option<String> = None;
+        let mut failed = false;
         let encoded = serde_json::to_string(&state).unwrap_or_default();
         let must_flush = props.is_final_invoke_for_window || encoded.len() > max_state;
         if must_flush && !state.keys.is_empty() {
@@ -134,34 +150,43 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
                     state.since = state.applied.clone();
                     state.keys.clear();
                 }
-                // Lambda retries this invocation with the previous state.
-                Err(()) => {
-                    failure = records
-                        .iter()
-                        .map(|r| &r.meta.pos.seq)
-                        .min()
-                        .map(ToString::to_string)
-                }
+                Err(()) => failed = true,
             }
         }
+        // After a failed spill every record comes back: quarantining now would write the
+        // poison records twice.
         let outcome = self
             .processor()
-            .quarantine_only(&records, Vec::new(), deadline, None)
+            .quarantine_only(
+                &records,
+                Vec::new(),
+                deadline,
+                failed.then(|| first_open.clone()).flatten(),
+            )
             .await;
-        let failure = failure.or_else(|| outcome.failure_identifiers().into_iter().next());
+        failed |= outcome.lowest_failure.is_some();
         let mut resp = TumblingResponse::default();
-        if failure.is_none() {
+        if !failed {
             resp.state.insert(
                 STATE_KEY.to_owned(),
                 serde_json::to_string(&state).unwrap_or_default(),
             );
         } else {
-            // Keep the state Lambda gave us: the retry starts from it.
+            // Keep the state Lambda gave us, and report the first record it does not hold
+            // (not the record that failed: the good records before that one are not in
+            // the returned state, and a retry from there would drop them).
             resp.state = props.state.clone();
         }
-        if let Some(id) = failure {
+        if failed {
+            let Some(id) = first_open else {
+                // A final invoke has no record: only a function error makes Lambda retry
+                // it (a success would close the window and drop the state).
+                return Err(HandlerError::Incomplete(
+                    "the window's final write failed; retry the invocation",
+                ));
+            };
             let mut f = KinesisBatchItemFailure::default();
-            f.item_identifier = Some(id);
+            f.item_identifier = Some(id.to_string());
             resp.batch_item_failures.push(f);
         }
         Ok(resp)

@@ -854,21 +854,27 @@ async fn finish_window(ctx: &Ctx, shard: &str, start: i64, state: Value) -> anyh
         .map(|_| ())
 }
 
+/// One tumbling-window invocation, retried as Lambda does: with
+/// ReportBatchItemFailures, the records before the reported one are done and the retry
+/// starts at it with the state the function returned; a function error (or a response
+/// without `state`, which Lambda counts as one) retries the whole batch with the state
+/// it was given (<https://docs.aws.amazon.com/lambda/latest/dg/services-kinesis-windows.html>).
 async fn invoke_window(
     ctx: &Ctx,
     shard: &str,
     start: i64,
     width_ms: i64,
     recs: &[Record],
-    state: Value,
+    mut state: Value,
     is_final: bool,
 ) -> anyhow::Result<Value> {
     ctx.stats
         .records
         .fetch_add(recs.len() as u64, Ordering::Relaxed);
+    let mut pending: Vec<Record> = recs.to_vec();
     let mut attempts = 0;
     loop {
-        let mut ev = event_json(&ctx.m, shard, recs);
+        let mut ev = event_json(&ctx.m, shard, &pending);
         ev["window"] = json!({"start": shardline_core::event::format_rfc3339_ms(start), "end": shardline_core::event::format_rfc3339_ms(start + width_ms)});
         ev["state"] = state.clone();
         ev["shardId"] = json!(shard);
@@ -876,23 +882,26 @@ async fn invoke_window(
         ev["isFinalInvokeForWindow"] = json!(is_final);
         ev["isWindowTerminatedEarly"] = json!(false);
         ctx.stats.batches.fetch_add(1, Ordering::Relaxed);
-        let resp = (ctx.invoke)(serde_json::to_vec(&ev)?).await;
-        let failed = match &resp {
-            Ok(v) => v
-                .get("batchItemFailures")
-                .and_then(Value::as_array)
-                .is_some_and(|a| !a.is_empty()),
-            Err(_) => true,
-        };
-        if !failed {
-            return Ok(resp
-                .ok()
-                .and_then(|v| v.get("state").cloned())
-                .unwrap_or_else(|| json!({})));
+        if let Ok(resp) = (ctx.invoke)(serde_json::to_vec(&ev)?).await {
+            let failed = if ctx.m.report_batch_item_failures {
+                first_failure(&resp, &pending)
+            } else {
+                None
+            };
+            match (failed, resp.get("state")) {
+                (None, Some(next)) => return Ok(next.clone()),
+                (None, None) => {}
+                (Some(idx), next) => {
+                    pending.drain(..idx);
+                    if let Some(next) = next {
+                        state = next.clone();
+                    }
+                }
+            }
         }
         attempts += 1;
         if exhausted(ctx, attempts) {
-            send_on_failure(ctx, shard, recs, "RetryAttemptsExhausted", attempts).await?;
+            send_on_failure(ctx, shard, &pending, "RetryAttemptsExhausted", attempts).await?;
             return Ok(state);
         }
         ctx.stats.retries.fetch_add(1, Ordering::Relaxed);
