@@ -257,7 +257,7 @@ async fn pipeline_survives_reshard_restart_duplicates_and_poison() {
     assert_eq!(profiles.len(), produced.len());
     for p in &profiles {
         let ids = &produced[p.card_token.as_str()];
-        let kept: Vec<u64> = p.recent_event_hashes().collect();
+        let kept: Vec<u64> = p.seen_event_hashes().collect();
         let tail: Vec<u64> = ids[ids.len().saturating_sub(kept.len())..]
             .iter()
             .map(|id| stable_hash(id))

@@ -121,6 +121,7 @@ impl Decoder<'_> {
                     shard_id,
                     pos: RecordPos::plain(seq),
                     partition_key: key.to_owned(),
+                    lane_key: None,
                     arrival_ms,
                 },
                 body: Err(Poison::new(PoisonReason::BadBase64, &[])),

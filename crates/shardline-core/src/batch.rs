@@ -522,6 +522,7 @@ mod tests {
                 shard_id: Arc::from("shardId-000000000000"),
                 pos: RecordPos::plain(SeqNo::parse(&format!("4959{seq:021}")).unwrap()),
                 partition_key: key.to_owned(),
+                lane_key: None,
                 arrival_ms: 0,
             },
             body: body.map_err(|r| Poison::new(r, b"raw")),

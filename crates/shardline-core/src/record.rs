@@ -16,8 +16,22 @@ pub struct RecordMeta {
     pub pos: RecordPos,
     /// The partition key (the card token for the input stream).
     pub partition_key: String,
+    /// The Kinesis record's own partition key when it differs from `partition_key`: a
+    /// KPL user record keyed otherwise than its aggregate. Lambda's
+    /// ParallelizationFactor lanes go by this outer key
+    /// (<https://docs.aws.amazon.com/lambda/latest/dg/with-kinesis.html#kinesis-polling-and-batching>),
+    /// so it, not `partition_key`, says which records arrive in order.
+    pub lane_key: Option<Arc<str>>,
     /// Approximate arrival time in the stream, epoch milliseconds.
     pub arrival_ms: i64,
+}
+
+impl RecordMeta {
+    /// The key Lambda's lanes (ParallelizationFactor) go by: the Kinesis record's
+    /// partition key. Records of one shard with the same lane key arrive in order.
+    pub fn lane_key(&self) -> &str {
+        self.lane_key.as_deref().unwrap_or(&self.partition_key)
+    }
 }
 
 /// One user record of a batch: its origin, and its decoded body or why it is poison.
@@ -84,6 +98,7 @@ pub fn decode_record_data(
                 shard_id: raw.shard_id,
                 pos: RecordPos::plain(raw.seq),
                 partition_key: raw.partition_key.to_owned(),
+                lane_key: None,
                 arrival_ms: raw.arrival_ms,
             },
         });
@@ -91,7 +106,9 @@ pub fn decode_record_data(
     }
     match kpl::deaggregate(data) {
         Ok(users) => {
+            let outer: Arc<str> = Arc::from(raw.partition_key);
             for (sub, u) in users.into_iter().enumerate() {
+                let lane_key = (u.partition_key != *outer).then(|| outer.clone());
                 out.push(InRecord {
                     body: decode_one(&u.data, raw.arrival_ms, limits),
                     meta: RecordMeta {
@@ -101,6 +118,7 @@ pub fn decode_record_data(
                             sub: u32::try_from(sub).unwrap_or(u32::MAX),
                         },
                         partition_key: u.partition_key,
+                        lane_key,
                         arrival_ms: raw.arrival_ms,
                     },
                 });
@@ -112,6 +130,7 @@ pub fn decode_record_data(
                 shard_id: raw.shard_id,
                 pos: RecordPos::plain(raw.seq),
                 partition_key: raw.partition_key.to_owned(),
+                lane_key: None,
                 arrival_ms: raw.arrival_ms,
             },
         }),

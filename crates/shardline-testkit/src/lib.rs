@@ -211,6 +211,14 @@ impl AlertSink for MemAlerts {
             "BatchWriteItem takes at most 25 items"
         );
         self.faults.check("put_alerts")?;
+        // DynamoDB rejects a BatchWriteItem that names one key twice (ValidationException).
+        let mut ids: Vec<&str> = alerts.iter().map(|a| a.alert_id.as_str()).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(StoreError::fatal(
+                "Provided list of item keys contains duplicates",
+            ));
+        }
         let mut items = self.items.lock().expect("alerts lock");
         for a in alerts {
             items.insert(a.alert_id.clone(), a.clone());

@@ -198,7 +198,7 @@ where
         let outcome = self
             .processor
             .process_keyed(records, deadline, |items| {
-                self.commit_key(items, &work, &rules)
+                self.commit_key(items, &by_card, &work, &rules)
             })
             .await;
 
@@ -322,10 +322,15 @@ where
     }
 
     /// Makes one partition key's cards durable: alerts (if still pending), then the
-    /// profile with a version condition.
+    /// profile with a version condition. A card is committed whole, with every record
+    /// of it in the batch, whichever key's run gets to it first: one card may come under
+    /// several partition keys (a producer keying by terminal), and a card recomputed
+    /// after a lost race from one key's records alone would acknowledge the others'
+    /// without applying them.
     async fn commit_key(
         &self,
         items: Vec<Item<'_, Txn>>,
+        by_card: &HashMap<&str, Vec<Item<'_, Txn>>>,
         work: &HashMap<&str, Mutex<CardWork>>,
         rules: &RuleSet,
     ) -> Result<(), KeyFailure> {
@@ -340,12 +345,8 @@ where
                 .iter()
                 .position(|i| i.body.card_token == card)
                 .unwrap_or(0);
-            let card_items: Vec<Item<'_, Txn>> = items
-                .iter()
-                .filter(|i| i.body.card_token == card)
-                .copied()
-                .collect();
-            self.commit_card(card, &card_items, &work[card], rules)
+            let card_items = by_card.get(card).map_or(&[][..], Vec::as_slice);
+            self.commit_card(card, card_items, &work[card], rules)
                 .await
                 .map_err(|e| KeyFailure::at(first, e))?;
         }

@@ -205,6 +205,7 @@ fn rec(shard: &str, seq: usize, t: Txn) -> InRecord<Txn> {
                 SeqNo::parse(&format!("49590338271490256608559692{seq:030}")).unwrap(),
             ),
             partition_key: t.card_token.clone(),
+            lane_key: None,
             arrival_ms: t.event_time_ms,
         },
         body: Ok(t),
@@ -468,5 +469,291 @@ proptest! {
         prop_assert_eq!(world.profiles.snapshot().into_iter().map(|(k, mut p)| { p.version = 0; (k, p) }).collect::<BTreeMap<_, _>>(),
                         expected.0.into_iter().map(|(k, mut p)| { p.version = 0; (k, p) }).collect::<BTreeMap<_, _>>());
         prop_assert_eq!(world.alerts.snapshot(), expected.1);
+    }
+}
+
+// ---------- lanes, races, producer duplicates, alert ids (issue 10) ----------
+
+/// The Kinesis record (plain or a KPL aggregate of `users`) at `seq` under `outer`
+/// key, decoded as Lambda's event would be.
+fn kinesis_record(shard: &str, seq: usize, outer: &str, users: &[Txn]) -> Vec<InRecord<Txn>> {
+    use shardline_core::kpl::{UserRecord, aggregate};
+    use shardline_core::record::{RawRecordMeta, decode_record_data};
+    let data = if users.len() == 1 && users[0].card_token == outer {
+        users[0].to_json().into_bytes()
+    } else {
+        aggregate(
+            &users
+                .iter()
+                .map(|t| UserRecord {
+                    partition_key: t.card_token.clone(),
+                    data: t.to_json().into_bytes(),
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let mut out = Vec::new();
+    decode_record_data(
+        RawRecordMeta {
+            shard_id: Arc::from(shard),
+            seq: SeqNo::parse(&format!("49590338271490256608559692{seq:030}")).unwrap(),
+            partition_key: outer,
+            arrival_ms: users[0].event_time_ms,
+        },
+        &data,
+        &shardline_core::DecodeLimits::default(),
+        &mut out,
+    );
+    out
+}
+
+/// Profiles with the bookkeeping (version, guards, id memory) left out: what the
+/// records did to each card.
+fn card_state(world: &World) -> BTreeMap<String, (u64, i64, usize)> {
+    world
+        .profiles
+        .snapshot()
+        .into_iter()
+        .map(|(k, p)| {
+            let sum: i64 = p.recent.iter().map(|r| r.amt).sum();
+            (k, (p.txn_count, sum, p.recent.len()))
+        })
+        .collect()
+}
+
+/// ParallelizationFactor 2 with KPL input: Lambda lanes records by the Kinesis record's
+/// partition key, so a card's user record inside an aggregate keyed by another card sits
+/// in another lane than the card's own records, and the lanes commit in any order.
+#[test]
+fn kpl_records_of_one_card_in_two_lanes_are_all_applied() {
+    const SHARD: &str = "shardId-000000000000";
+    // seq 1: an aggregate keyed by tok_9 holding tok_9's and tok_0's events;
+    // seq 2: tok_0's own plain record.
+    let lane_b = kinesis_record(
+        SHARD,
+        1,
+        "tok_9",
+        &[txn(1, 9, 1, 1_000, T0), txn(2, 0, 2, 2_000, T0 + 10)],
+    );
+    let lane_a = kinesis_record(SHARD, 2, "tok_0", &[txn(3, 0, 3, 3_000, T0 + 20)]);
+    let world = World::default();
+    let scorer = world.scorer();
+    let rt = rt();
+    // Lane A (the later position) commits first, then lane B, then both replay.
+    for lane in [&lane_a, &lane_b, &lane_a, &lane_b] {
+        let r = rt.block_on(scorer.handle_records(lane, None));
+        assert!(r.response.batch_item_failures.is_empty());
+    }
+    let state = card_state(&world);
+    assert_eq!(
+        state["tok_0"],
+        (2, 5_000, 2),
+        "both of tok_0's events, once"
+    );
+    assert_eq!(state["tok_9"], (1, 1_000, 1));
+}
+
+/// A producer that keys records by something other than the card: one card's records
+/// under two partition keys of one batch, and another writer wins the first race.
+#[test]
+fn one_card_under_two_partition_keys_survives_a_lost_race() {
+    let mut recs: Vec<InRecord<Txn>> = (0..3)
+        .map(|i| {
+            rec(
+                "shardId-000000000001",
+                i,
+                txn(i, 0, i, 1_000 + i as i64, T0 + i as i64),
+            )
+        })
+        .collect();
+    recs[1].meta.partition_key = "terminal-7".into();
+    let world = World::default();
+    let mut other = CardProfile::new("tok_0");
+    other.update(&txn(99, 0, 9, 5_000, T0 - 1_000));
+    other.version = 1;
+    *world.profiles.race_once.lock().unwrap() = Some(other);
+    let r = rt().block_on(world.scorer().handle_records(&recs, None));
+    assert!(r.response.batch_item_failures.is_empty());
+    let p = &world.profiles.snapshot()["tok_0"];
+    assert_eq!(
+        p.txn_count, 4,
+        "the other writer's event and all three of ours"
+    );
+}
+
+/// A producer's re-send (same event, new sequence number) well after the original,
+/// with many of the card's events between, on another shard after a reshard.
+#[test]
+fn producer_duplicate_minutes_later_on_another_shard_is_not_counted_twice() {
+    let mut recs: Vec<InRecord<Txn>> = (0..60)
+        .map(|i| {
+            rec(
+                "shardId-000000000000",
+                i,
+                txn(i, 0, i % 5, 1_000, T0 + i as i64 * 5_000),
+            )
+        })
+        .collect();
+    // Five minutes of the card's events later, the re-send of event 0 on a child shard.
+    recs.push(rec("shardId-000000000002", 100, txn(0, 0, 0, 1_000, T0)));
+    let world = World::default();
+    let scorer = world.scorer();
+    let rt = rt();
+    for chunk in recs.chunks(7) {
+        rt.block_on(scorer.handle_records(chunk, None));
+    }
+    assert_eq!(world.profiles.snapshot()["tok_0"].txn_count, 60);
+}
+
+/// The profile's memory of event ids stays bounded however busy a card is.
+#[test]
+fn event_id_memory_is_bounded() {
+    let recs: Vec<InRecord<Txn>> = (0..2_000)
+        .map(|i| {
+            rec(
+                "shardId-000000000000",
+                i,
+                txn(i, 0, i % 3, 500, T0 + i as i64),
+            )
+        })
+        .collect();
+    let world = World::default();
+    rt().block_on(world.scorer().handle_records(&recs, None));
+    let p = &world.profiles.snapshot()["tok_0"];
+    use shardline_core::fraud::profile::{MAX_GUARDS, MAX_SEEN_IDS};
+    assert_eq!(p.txn_count, 2_000);
+    assert_eq!(
+        p.seen_ids.len(),
+        16 * MAX_SEEN_IDS,
+        "the latest {MAX_SEEN_IDS} ids, 16 bytes each"
+    );
+    assert!(p.applied.len() <= MAX_GUARDS);
+}
+
+/// Two cards whose events share an event id (ids are the producer's, unique per card
+/// at best): both alerts are kept, and one BatchWriteItem never holds a key twice.
+#[test]
+fn alerts_of_two_cards_with_the_same_event_id_are_both_kept() {
+    let mk = |i: usize, card: usize, id: &str, lat: f64, t: i64| {
+        let mut x = txn(i, card, i, 1_000, t);
+        x.event_id = id.into();
+        x.location.lat = lat;
+        x
+    };
+    let recs = vec![
+        rec("shardId-000000000000", 0, mk(0, 1, "a1", 0.0, T0)),
+        rec("shardId-000000000000", 1, mk(1, 2, "a2", 0.0, T0)),
+        rec(
+            "shardId-000000000000",
+            2,
+            mk(2, 1, "same", 60.0, T0 + 600_000),
+        ),
+        rec(
+            "shardId-000000000000",
+            3,
+            mk(3, 2, "same", 60.0, T0 + 600_000),
+        ),
+    ];
+    let world = World::default();
+    let r = rt().block_on(world.scorer().handle_records(&recs, None));
+    assert!(r.response.batch_item_failures.is_empty());
+    let cards: Vec<Option<String>> = world
+        .alerts
+        .snapshot()
+        .values()
+        .map(|a| a.card_token.clone())
+        .collect();
+    assert_eq!(
+        cards,
+        vec![Some("tok_1".to_owned()), Some("tok_2".to_owned())],
+        "one impossible-travel alert per card"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// Any ParallelizationFactor (1 to 10, the range Lambda allows), KPL aggregates
+    /// keyed by their first user record's card mixed with plain records: records go to
+    /// lanes by the Kinesis record's key as Lambda's do, lanes interleave in any order,
+    /// batches fail part way and are delivered twice. Every card ends with each of its
+    /// events applied exactly once.
+    #[test]
+    fn any_parallelization_factor_with_kpl_applies_every_event_once(
+        events in prop::collection::vec((0usize..5, 100i64..5_000), 1..50),
+        groups in prop::collection::vec(1usize..4, 1..30),
+        pf in 1usize..=10,
+        schedule in prop::collection::vec(0usize..10, 1..200),
+        cut in 1usize..6,
+        faults in prop::collection::vec(0u32..3, 1..8),
+    ) {
+        const SHARD: &str = "shardId-000000000000";
+        let txns: Vec<Txn> = events.iter().enumerate()
+            .map(|(i, (card, amt))| txn(i, *card, i % 4, *amt, T0 + i as i64 * 1_000))
+            .collect();
+        // Kinesis records: runs of 1-3 events, aggregated when longer than one.
+        let mut kinesis: Vec<(String, Vec<InRecord<Txn>>)> = Vec::new();
+        let (mut i, mut g) = (0, 0);
+        while i < txns.len() {
+            let n = groups[g % groups.len()].min(txns.len() - i);
+            let users = &txns[i..i + n];
+            let outer = users[0].card_token.clone();
+            let data_users: Vec<Txn> = users.to_vec();
+            let recs = if n == 1 {
+                kinesis_record(SHARD, kinesis.len(), &outer, &data_users)
+            } else {
+                // Force aggregation even when the single card equals the key.
+                let mut v = kinesis_record(SHARD, kinesis.len(), "agg", &data_users);
+                for r in &mut v { r.meta.lane_key = Some(Arc::from(outer.as_str())); }
+                v
+            };
+            kinesis.push((outer, recs));
+            i += n;
+            g += 1;
+        }
+        // Lanes by outer key, in order within a lane.
+        let mut lanes: Vec<Vec<InRecord<Txn>>> = vec![Vec::new(); pf];
+        for (outer, recs) in &kinesis {
+            let lane = (shardline_core::window::hll::stable_hash(outer) % pf as u64) as usize;
+            lanes[lane].extend(recs.iter().cloned());
+        }
+        let world = World::default();
+        let scorer = world.scorer();
+        let rt = rt();
+        let mut next: Vec<usize> = vec![0; pf];
+        let mut step = 0;
+        // Interleave lanes as the schedule says, then drain what is left.
+        let order = schedule.iter().copied().chain((0..pf).cycle().take(pf * 200));
+        for lane in order {
+            let lane = lane % pf;
+            let recs = &lanes[lane];
+            if next[lane] >= recs.len() { continue; }
+            // Whole Kinesis records only: a batch never splits an aggregate.
+            let mut end = (next[lane] + cut).min(recs.len());
+            while end < recs.len() && recs[end].meta.pos.seq == recs[end - 1].meta.pos.seq { end += 1; }
+            world.profiles.faults.fail_next(faults[step % faults.len()]);
+            let batch = &recs[next[lane]..end];
+            let report = rt.block_on(scorer.handle_records(batch, None));
+            world.profiles.faults.fail_next(0);
+            if step % 3 == 0 {
+                rt.block_on(scorer.handle_records(batch, None));
+            }
+            next[lane] = match report.response.batch_item_failures.first().and_then(|f| f.item_identifier.clone()) {
+                Some(seq) => recs.iter().position(|r| r.meta.pos.seq.to_string() == seq).unwrap(),
+                None => end,
+            };
+            step += 1;
+        }
+        prop_assert!(next.iter().zip(&lanes).all(|(n, l)| *n >= l.len()), "every lane drained");
+        let mut expected: BTreeMap<String, (u64, i64)> = BTreeMap::new();
+        for t in &txns {
+            let e = expected.entry(t.card_token.clone()).or_default();
+            e.0 += 1;
+            e.1 += t.amount_minor;
+        }
+        let got: BTreeMap<String, (u64, i64)> = world.profiles.snapshot().into_iter()
+            .map(|(k, p)| (k, (p.txn_count, p.recent.iter().map(|r| r.amt).sum())))
+            .collect();
+        prop_assert_eq!(got, expected);
     }
 }

@@ -107,6 +107,7 @@ fn rec(shard: usize, seq: usize, t: Txn) -> InRecord<Txn> {
                 SeqNo::parse(&format!("49590338271490256608559692{seq:030}")).unwrap(),
             ),
             partition_key: t.card_token.clone(),
+            lane_key: None,
             arrival_ms: t.event_time_ms,
         },
         body: Ok(t),

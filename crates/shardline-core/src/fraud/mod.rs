@@ -34,6 +34,13 @@ pub struct CardOutcome {
     pub duplicates: usize,
 }
 
+/// The id of the alert raised on an event: unique per (card, event), since event ids
+/// are the producer's and two cards' events may share one, and deterministic, so a
+/// replay rewrites the same item.
+pub fn alert_id(card_token: &str, event_id: &str) -> String {
+    format!("{card_token}/{event_id}")
+}
+
 /// Applies one card's records, in position order, to its profile: each new record is
 /// scored against the profile as it stood before it, then folded in. Records the profile
 /// already reflects are skipped, so applying the same records twice changes nothing.
@@ -42,21 +49,22 @@ pub fn apply_card(profile: CardProfile, items: &[Item<'_, Txn>], rules: &RuleSet
         profile,
         ..CardOutcome::default()
     };
-    // The shard's guard moves once per run of one shard's records (a batch holds one
-    // shard), to the highest position of the run; inside the run, a position at or
-    // below that is a replay.
-    let mut run: Option<(&str, &RecordPos)> = None;
+    // A guard moves once per run of records under one guard (one shard and lane), to
+    // the highest position of the run; inside the run, a position at or below that is a
+    // replay. Records come sorted by position, so a lane's run is in order.
+    let mut run: Option<(std::borrow::Cow<'_, str>, &RecordPos)> = None;
     for item in items {
         let (meta, txn) = (item.meta, item.body);
-        if let Some((shard, last)) = run
-            && shard != &*meta.shard_id
+        let guard = profile::guard_name(&meta.shard_id, meta.lane_key(), &txn.card_token);
+        if let Some((g, last)) = &run
+            && *g != guard
         {
-            out.profile.mark_applied(shard, last);
+            out.profile.mark_applied(g, last);
             run = None;
         }
-        let admission = match run {
-            Some((_, last)) if meta.pos <= *last => Admission::Replayed,
-            _ => out.profile.admit(&meta.shard_id, &meta.pos, &txn.event_id),
+        let admission = match &run {
+            Some((_, last)) if meta.pos <= **last => Admission::Replayed,
+            _ => out.profile.admit(&guard, &meta.pos, &txn.event_id),
         };
         match admission {
             Admission::Replayed => {
@@ -67,10 +75,18 @@ pub fn apply_card(profile: CardProfile, items: &[Item<'_, Txn>], rules: &RuleSet
             Admission::New => {
                 let f = features::compute(&out.profile, txn);
                 out.scored += 1;
-                if rules.alerts_on(&f) {
+                // A re-send the id memory no longer holds, in the same batch, would give
+                // a second alert with the same key: DynamoDB rejects a BatchWriteItem
+                // that names a key twice, which would block the shard.
+                let alerted = || {
+                    out.alerts
+                        .iter()
+                        .any(|a| a.event_id.as_deref() == Some(&txn.event_id))
+                };
+                if rules.alerts_on(&f) && !alerted() {
                     let s = rules.score(&f);
                     out.alerts.push(Alert {
-                        alert_id: txn.event_id.clone(),
+                        alert_id: alert_id(&txn.card_token, &txn.event_id),
                         source: SOURCE.to_owned(),
                         subject: format!("card:{}", txn.card_token),
                         card_token: Some(txn.card_token.clone()),
@@ -89,11 +105,11 @@ pub fn apply_card(profile: CardProfile, items: &[Item<'_, Txn>], rules: &RuleSet
                 out.profile.update(txn);
             }
         }
-        run = Some((&meta.shard_id, &meta.pos));
+        run = Some((guard, &meta.pos));
         out.changed = true;
     }
-    if let Some((shard, last)) = run {
-        out.profile.mark_applied(shard, last);
+    if let Some((g, last)) = run {
+        out.profile.mark_applied(&g, last);
     }
     out
 }
@@ -112,6 +128,7 @@ mod tests {
             shard_id: Arc::from(shard),
             pos: RecordPos::plain(SeqNo::parse(&format!("4959{seq:040}")).unwrap()),
             partition_key: "tok".into(),
+            lane_key: None,
             arrival_ms: 0,
         }
     }

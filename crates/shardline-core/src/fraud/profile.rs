@@ -17,11 +17,31 @@ pub const MAX_RECENT: usize = 64;
 pub const MAX_MERCHANTS: usize = 32;
 /// Known countries kept (most recent first).
 pub const MAX_COUNTRIES: usize = 16;
-/// Event ids kept to drop a producer's duplicate send (same event, new sequence number).
-pub const MAX_EVENT_IDS: usize = 32;
-/// Shards whose replay guard is kept; the lowest shard ids (closed parents after a
-/// reshard, which Lambda finishes before their children) are dropped first.
+/// How long, in the card's event time, a card remembers an event id to drop a
+/// producer's re-send (same event, new sequence number, maybe another shard after a
+/// reshard). 15 minutes, so that at least 10 minutes hold even after a producer whose
+/// clock runs up to 5 minutes fast (the most [`crate::event::DecodeLimits`] accepts)
+/// moved the card's clock ahead.
+pub const DEDUPE_HORIZON_MS: i64 = 15 * 60_000;
+/// Event ids remembered at most, whatever the horizon: a card with more events than this
+/// within [`DEDUPE_HORIZON_MS`] remembers its latest ones only (16 bytes each, so the
+/// memory never passes 2 KiB).
+pub const MAX_SEEN_IDS: usize = 128;
+/// Replay guards kept, one per (shard, lane) the card's records came from; the one moved
+/// longest ago (in the card's event time) is dropped first.
 pub const MAX_GUARDS: usize = 8;
+/// Bytes of one remembered event id: its stable hash and the card clock when applied.
+const SEEN_ENTRY: usize = 16;
+
+/// A replay guard: the last position applied from one (shard, lane) of a card.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guard {
+    /// Padded position (see [`RecordPos::to_padded`]) of the last record applied.
+    pub pos: String,
+    /// The card's clock when the guard last moved (for eviction).
+    #[serde(default)]
+    pub clock_ms: i64,
+}
 
 /// A recent transaction, as much of it as the features need.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,9 +62,15 @@ pub struct CardProfile {
     /// Incremented on every write; the conditional write expects the version it read.
     #[serde(default)]
     pub version: u64,
-    /// Replay guard: shard id to the padded position of the last record applied from it.
+    /// Replay guards, by [`guard_name`]: the last position applied from each (shard,
+    /// lane). Records of one lane arrive in order, so a position at or below its guard
+    /// is a replay; lanes of one shard may commit in any order, so each has its own.
     #[serde(default)]
-    pub applied: BTreeMap<String, String>,
+    pub applied: BTreeMap<String, Guard>,
+    /// The card's clock: the latest event time applied, epoch ms. Event-id memory is
+    /// kept for [`DEDUPE_HORIZON_MS`] of it.
+    #[serde(default)]
+    pub clock_ms: i64,
     /// First event time seen, epoch ms.
     #[serde(default)]
     pub first_seen_ms: i64,
@@ -78,11 +104,12 @@ pub struct CardProfile {
     /// Consecutive declines up to the latest transaction.
     #[serde(default)]
     pub decline_streak: u32,
-    /// Hashes of the latest event ids applied (little-endian u64s of
-    /// [`stable_hash`], oldest first, at most [`MAX_EVENT_IDS`]): 8 bytes an event
-    /// instead of the id itself, which keeps the item, and its write units, small.
+    /// Event ids applied within the last [`DEDUPE_HORIZON_MS`] of the card's clock (at
+    /// most [`MAX_SEEN_IDS`]), oldest first: 16 bytes each, the little-endian u64
+    /// [`stable_hash`] of the id and the little-endian i64 card clock when it was
+    /// applied. A hash instead of the id keeps the item, and its write units, small.
     #[serde(default, with = "serde_bytes")]
-    pub recent_ids: Vec<u8>,
+    pub seen_ids: Vec<u8>,
 }
 
 /// Whether a record changes a profile.
@@ -105,33 +132,48 @@ impl CardProfile {
         }
     }
 
-    /// Decides whether the record at `pos` of `shard` with `event_id` is new to this
-    /// profile. Positions are compared in their fixed-width form, so numerically.
-    pub fn admit(&self, shard: &str, pos: &RecordPos, event_id: &str) -> Admission {
-        if let Some(done) = self.applied.get(shard)
-            && pos.cmp_padded(done) != std::cmp::Ordering::Greater
+    /// Decides whether the record at `pos` under replay guard `guard` (see
+    /// [`guard_name`]) with `event_id` is new to this profile. Positions are compared in
+    /// their fixed-width form, so numerically.
+    pub fn admit(&self, guard: &str, pos: &RecordPos, event_id: &str) -> Admission {
+        if let Some(done) = self.applied.get(guard)
+            && pos.cmp_padded(&done.pos) != std::cmp::Ordering::Greater
         {
             return Admission::Replayed;
         }
         let h = stable_hash(event_id);
-        if self.recent_event_hashes().any(|e| e == h) {
+        if self.seen_event_hashes().any(|e| e == h) {
             return Admission::DuplicateEvent;
         }
         Admission::New
     }
 
-    /// Moves the shard's guard to `pos` (also for skipped duplicates, so they stay
-    /// skipped cheaply on replay).
-    pub fn mark_applied(&mut self, shard: &str, pos: &RecordPos) {
-        match self.applied.get_mut(shard) {
-            Some(done) => *done = pos.to_padded(),
+    /// Moves guard `guard` to `pos` (also for skipped duplicates, so they stay skipped
+    /// cheaply on replay); past [`MAX_GUARDS`], drops the guard moved longest ago.
+    pub fn mark_applied(&mut self, guard: &str, pos: &RecordPos) {
+        let clock_ms = self.clock_ms;
+        match self.applied.get_mut(guard) {
+            Some(done) => {
+                done.pos = pos.to_padded();
+                done.clock_ms = clock_ms;
+            }
             None => {
-                self.applied.insert(shard.to_owned(), pos.to_padded());
+                self.applied.insert(
+                    guard.to_owned(),
+                    Guard {
+                        pos: pos.to_padded(),
+                        clock_ms,
+                    },
+                );
             }
         }
         while self.applied.len() > MAX_GUARDS {
-            let lowest = self.applied.keys().next().cloned();
-            if let Some(k) = lowest {
+            let oldest = self
+                .applied
+                .iter()
+                .min_by_key(|(k, g)| (g.clock_ms, *k))
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
                 self.applied.remove(&k);
             }
         }
@@ -186,19 +228,58 @@ impl CardProfile {
             AuthResult::Declined => self.decline_streak + 1,
             AuthResult::Approved => 0,
         };
-        self.recent_ids
-            .extend_from_slice(&stable_hash(&t.event_id).to_le_bytes());
-        let keep = 8 * MAX_EVENT_IDS;
-        if self.recent_ids.len() > keep {
-            self.recent_ids.drain(..self.recent_ids.len() - keep);
+        self.clock_ms = self.clock_ms.max(t.event_time_ms);
+        self.remember(stable_hash(&t.event_id));
+    }
+
+    /// Remembers an applied event id at the card's clock, forgetting ids older than the
+    /// horizon and the oldest past [`MAX_SEEN_IDS`].
+    fn remember(&mut self, hash: u64) {
+        self.seen_ids.extend_from_slice(&hash.to_le_bytes());
+        self.seen_ids
+            .extend_from_slice(&self.clock_ms.to_le_bytes());
+        let horizon = self.clock_ms.saturating_sub(DEDUPE_HORIZON_MS);
+        let expired = self
+            .seen_entries()
+            .take_while(|&(_, at)| at < horizon)
+            .count();
+        let over = (self.seen_ids.len() / SEEN_ENTRY).saturating_sub(MAX_SEEN_IDS);
+        let drop = expired.max(over) * SEEN_ENTRY;
+        if drop > 0 {
+            self.seen_ids.drain(..drop);
         }
     }
 
-    /// Hashes of the latest event ids applied, oldest first.
-    pub fn recent_event_hashes(&self) -> impl Iterator<Item = u64> + '_ {
-        self.recent_ids
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+    /// Remembered (event id hash, card clock when applied), oldest first.
+    fn seen_entries(&self) -> impl Iterator<Item = (u64, i64)> + '_ {
+        self.seen_ids.chunks_exact(SEEN_ENTRY).map(|c| {
+            let (h, t) = c.split_at(8);
+            let mut hb = [0u8; 8];
+            let mut tb = [0u8; 8];
+            hb.copy_from_slice(h);
+            tb.copy_from_slice(t);
+            (u64::from_le_bytes(hb), i64::from_le_bytes(tb))
+        })
+    }
+
+    /// Hashes of the event ids remembered, oldest first.
+    pub fn seen_event_hashes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.seen_entries().map(|(h, _)| h)
+    }
+}
+
+/// The replay guard a record is checked against: its shard when it arrives under the
+/// card's own partition key (one guard per shard, as ordered delivery allows), else
+/// its shard and a hash of the lane key. Under ParallelizationFactor > 1 Lambda orders
+/// records only per Kinesis partition key, so records of one card that came under
+/// other keys (a KPL aggregate keyed by another card, a producer keying by terminal)
+/// may commit before earlier ones: each such lane keeps its own guard, and none skips
+/// another's records.
+pub fn guard_name<'a>(shard: &'a str, lane_key: &str, card: &str) -> std::borrow::Cow<'a, str> {
+    if lane_key == card {
+        std::borrow::Cow::Borrowed(shard)
+    } else {
+        std::borrow::Cow::Owned(format!("{shard}/{:016x}", stable_hash(lane_key)))
     }
 }
 

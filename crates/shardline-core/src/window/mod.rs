@@ -611,6 +611,7 @@ mod tests {
             shard_id: Arc::from("shardId-000000000000"),
             pos: RecordPos::plain(SeqNo::parse(&format!("4959{i:040}")).unwrap()),
             partition_key: "k".into(),
+            lane_key: None,
             arrival_ms: 0,
         }
     }
