@@ -235,9 +235,10 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             touched.insert(w.clone(), *k);
         }
         // Only a window this shard already had events in can have a partial of this
-        // shard: one that starts after the largest applied event time cannot, and is not
-        // read. (Should one exist anyway, from a batch that failed after writing it, the
-        // conditional write fails and the window is read and applied again below.)
+        // shard: one that starts after the largest applied watermark time cannot, and is
+        // not read. (Should one exist anyway, from a batch that failed after writing it or
+        // from an event time ahead of its arrival, the conditional write fails and the
+        // window is read and applied again below.)
         let keys: Vec<PartialKey> = touched
             .keys()
             .filter(|w| progress.max_event_ms.is_some_and(|m| w.start_ms <= m))

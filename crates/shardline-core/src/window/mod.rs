@@ -319,7 +319,8 @@ impl WindowPartial {
 /// A shard's progress, stored beside the windows: the replay-safe watermark.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardProgress {
-    /// Largest event time among applied records, epoch ms.
+    /// Largest [`watermark_time`] among applied records (event time, capped at arrival),
+    /// epoch ms: the shard's watermark is this minus the allowed lateness.
     pub max_event_ms: Option<i64>,
     /// Padded position of the last record whose effects are all durable.
     pub applied: String,
@@ -394,7 +395,7 @@ pub struct Plan {
     pub duplicates: Vec<usize>,
     /// The stored progress the plan started from.
     start: ShardProgress,
-    /// Largest event time once records `..=i` are applied.
+    /// Largest watermark time once records `..=i` are applied.
     max_event_after: Vec<Option<i64>>,
     /// The record whose position is the shard's `applied` once records `..=i` are
     /// applied (`None`: still the stored one).
@@ -403,8 +404,8 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Largest event time of the shard once the whole batch is applied (`None` for an
-    /// empty batch).
+    /// Largest [`watermark_time`] of the shard once the whole batch is applied (`None`
+    /// for an empty batch): the watermark is this minus the lateness.
     pub fn max_event_ms(&self) -> Option<i64> {
         self.max_event_after.last().copied().flatten()
     }
@@ -433,6 +434,29 @@ impl Plan {
     }
 }
 
+/// The time a record may move its shard's watermark to: its event time, but never past
+/// its arrival in the stream (`ApproximateArrivalTimestamp`, the stream's clock).
+///
+/// Decoding accepts event times up to 5 minutes ahead of arrival (a producer's clock
+/// running fast), and such a record counts in the windows of its event time. Were it to
+/// move the watermark to its event time, one fast producer would push the shard's
+/// watermark minutes ahead and every other producer's on-time events would go to the
+/// late output (the lateness is 2 minutes). Capped at arrival, a record can only say "the
+/// stream has reached this time", which is true. The cap allows no lead: a producer
+/// slightly fast loses nothing (its records are on time); it only stops moving the
+/// watermark ahead of the stream's clock. It is a property of the record alone, so the
+/// watermark a record meets is still a function of the shard's records before it.
+/// Records without an arrival time (`arrival_ms <= 0`: hand-made fixtures and tests)
+/// use their event time, as before.
+pub fn watermark_time(it: &Item<'_, Txn>) -> i64 {
+    let t = it.body.event_time_ms;
+    if it.meta.arrival_ms > 0 {
+        t.min(it.meta.arrival_ms)
+    } else {
+        t
+    }
+}
+
 /// A window while planning: kind, the key's raw text (merchant id, card token or ""),
 /// width, start, and whether the records in it are late.
 type Slot<'a> = (KeyKind, &'a str, i64, i64, bool);
@@ -447,8 +471,9 @@ fn raw_key(kind: KeyKind, t: &Txn) -> &str {
 
 /// Plans one shard's records (sorted by position) against its stored progress. Records
 /// at or before `progress.applied` are already reflected and are left out; each later
-/// record meets the watermark of everything before it in the shard, so the verdict
-/// (on time or late) is the same however the stream is split into batches or replayed.
+/// record meets the watermark of everything before it in the shard (the largest
+/// [`watermark_time`] minus the lateness), so the verdict (on time or late) is the same
+/// however the stream is split into batches or replayed.
 pub fn plan(items: &[Item<'_, Txn>], progress: &ShardProgress, cfg: &WindowConfig) -> Plan {
     let mut p = Plan {
         start: progress.clone(),
@@ -516,7 +541,8 @@ pub fn plan(items: &[Item<'_, Txn>], progress: &ShardProgress, cfg: &WindowConfi
                 watermark_ms: watermark.unwrap_or_default(),
             });
         }
-        max_event = Some(max_event.map_or(t.event_time_ms, |m| m.max(t.event_time_ms)));
+        let wt = watermark_time(it);
+        max_event = Some(max_event.map_or(wt, |m| m.max(wt)));
         p.max_event_after.push(max_event);
         p.applied_after.push(applied);
     }
@@ -683,6 +709,58 @@ mod tests {
         let on: usize = p.on_time.values().map(|(_, v)| v.len()).sum();
         let late: usize = p.late_in.values().map(|(_, v)| v.len()).sum();
         assert_eq!(on + late, 4 * 6);
+    }
+
+    #[test]
+    fn a_producer_with_a_fast_clock_does_not_make_other_producers_late() {
+        let cfg = WindowConfig::default();
+        let now = 1_795_000_000_000;
+        // One producer's clock runs 4 minutes fast (decode accepts up to 5), then on-time
+        // events of other producers, 10 s old when they arrive.
+        let evs = [
+            txn(0, now + 4 * MINUTE_MS, 100, "m", false),
+            txn(1, now - 10_000, 100, "m", false),
+            txn(2, now - 5_000, 100, "m", false),
+        ];
+        let metas: Vec<RecordMeta> = (0..3)
+            .map(|i| RecordMeta {
+                arrival_ms: now + i as i64 * 1000,
+                ..meta(i)
+            })
+            .collect();
+        let items: Vec<Item<'_, Txn>> = metas
+            .iter()
+            .zip(&evs)
+            .map(|(meta, body)| Item { meta, body })
+            .collect();
+        let p = plan(&items, &ShardProgress::default(), &cfg);
+        assert!(p.late.is_empty(), "{:?}", p.late);
+        // The future-stamped record still counts in its own windows.
+        assert!(p.on_time.keys().any(|w| w.start_ms > now));
+        // Any split gives the same verdict: the watermark is stored with the progress.
+        let first = plan(&items[..1], &ShardProgress::default(), &cfg);
+        let rest = plan(&items, &first.progress_at(&items, 1).unwrap(), &cfg);
+        assert!(rest.late.is_empty(), "{:?}", rest.late);
+        assert_eq!(rest.progress_at(&items, 3), p.progress_at(&items, 3));
+    }
+
+    #[test]
+    fn without_arrival_times_event_times_move_the_watermark() {
+        let cfg = WindowConfig::default();
+        // Fixtures and tests without arrival times (0): event time alone, as before.
+        let evs = [
+            txn(0, 30 * MINUTE_MS, 100, "m", false),
+            txn(1, 10 * MINUTE_MS, 100, "m", false),
+        ];
+        let metas: Vec<RecordMeta> = (0..2).map(meta).collect();
+        let items: Vec<Item<'_, Txn>> = metas
+            .iter()
+            .zip(&evs)
+            .map(|(meta, body)| Item { meta, body })
+            .collect();
+        let p = plan(&items, &ShardProgress::default(), &cfg);
+        assert_eq!(p.late.len(), 1);
+        assert_eq!(p.late[0].watermark_ms, 28 * MINUTE_MS);
     }
 
     #[test]
