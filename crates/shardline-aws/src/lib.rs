@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod dynamo;
+pub mod faults;
 pub mod kinesis;
 pub mod quarantine;
 pub mod sdk;

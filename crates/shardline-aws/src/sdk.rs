@@ -3,7 +3,8 @@
 //! Clients are configured only through the SDK's standard environment: region,
 //! credentials, and `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` for a local
 //! emulator (<https://docs.aws.amazon.com/sdkref/latest/guide/feature-ss-endpoints.html>).
-//! There is no emulator-specific code path.
+//! There is no emulator-specific code path. The one addition is fault injection for soak
+//! tests ([`crate::faults`]), off unless `SHARDLINE_FAULTS` is set.
 
 use std::error::Error;
 use std::fmt::Debug;
@@ -11,8 +12,43 @@ use std::fmt::Debug;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use shardline_core::StoreError;
 
+use crate::faults::{FAULTS_ENV, FaultConfigError, FaultInjector};
+
 /// Loads the shared SDK configuration from the standard environment, once per process.
+///
+/// When `SHARDLINE_FAULTS` is set (soak tests only: `template.yaml` never sets it), every
+/// client built from the result injects the faults it describes; see [`crate::faults`].
+///
+/// # Panics
+///
+/// When `SHARDLINE_FAULTS` is set but invalid: a soak run must not quietly run without
+/// its faults. [`try_load_sdk_config`] returns the error instead.
 pub async fn load_sdk_config() -> aws_config::SdkConfig {
+    try_load_sdk_config()
+        .await
+        .unwrap_or_else(|e| panic!("{e}; fix or unset it"))
+}
+
+/// [`load_sdk_config`], with an invalid `SHARDLINE_FAULTS` as an error.
+pub async fn try_load_sdk_config() -> Result<aws_config::SdkConfig, FaultConfigError> {
+    let faults = FaultInjector::from_env()?;
+    let sdk = aws_config::load_from_env().await;
+    Ok(match faults {
+        None => sdk,
+        Some(injector) => {
+            tracing::warn!(
+                env = FAULTS_ENV,
+                seed = injector.plan().seed(),
+                "Fault injection is on: SDK requests will fail on purpose."
+            );
+            injector.apply(&sdk)
+        }
+    })
+}
+
+/// The standard environment's SDK configuration, ignoring `SHARDLINE_FAULTS`: for the
+/// set-up and the checks of a soak run, which must not see its faults.
+pub async fn load_sdk_config_without_faults() -> aws_config::SdkConfig {
     aws_config::load_from_env().await
 }
 
