@@ -4,8 +4,12 @@
 use anyhow::Context;
 use clap::Subcommand;
 use shardline_aws::dynamo::DynamoWindowStore;
+use shardline_aws::template::Template;
 use shardline_core::event::format_rfc3339_ms;
-use shardline_core::window::view::{WindowRow, sliding_rows, tumbling_rows};
+use shardline_core::ports::WindowStore;
+use shardline_core::window::view::{
+    ShardClocks, ShardInfo, WindowRow, sliding_rows_with, tumbling_rows_with,
+};
 use shardline_core::window::{MINUTE_MS, pk_for};
 
 use crate::common::{TemplateArgs, check_endpoint, table_name};
@@ -57,9 +61,52 @@ pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
     Ok(n * unit_ms)
 }
 
-/// Reads rows of one key.
+/// The clocks of the input stream's shards, for finality: Kinesis says which shards are
+/// closed and their lineage, the windows table holds each shard's progress (its
+/// watermark), the aggregator's configuration its lateness.
+pub async fn shard_clocks(
+    kinesis: &aws_sdk_kinesis::Client,
+    store: &DynamoWindowStore,
+    t: &Template,
+) -> anyhow::Result<ShardClocks> {
+    let stream = t
+        .physical()
+        .get("InputStream")
+        .map(|p| p.reference.clone())
+        .context("template declares no InputStream")?;
+    let lateness_ms = t
+        .functions()
+        .iter()
+        .find(|f| f.binary == window_aggregator::FUNCTION)
+        .map(|f| window_aggregator::Config::from_lookup(|k| f.environment.get(k).cloned()))
+        .transpose()?
+        .map_or(
+            shardline_core::window::WindowConfig::default().lateness_ms,
+            |c| c.lateness_ms,
+        );
+    let mut shards = Vec::new();
+    for s in crate::runner::list_shards(kinesis, &stream).await? {
+        shards.push(ShardInfo {
+            id: s.shard_id().to_owned(),
+            parents: [s.parent_shard_id(), s.adjacent_parent_shard_id()]
+                .into_iter()
+                .flatten()
+                .map(str::to_owned)
+                .collect(),
+            closed: s
+                .sequence_number_range()
+                .and_then(|r| r.ending_sequence_number())
+                .is_some(),
+            progress: store.get_progress(s.shard_id()).await?,
+        });
+    }
+    Ok(ShardClocks::from_shards(&shards, lateness_ms))
+}
+
+/// Reads rows of one key; `clocks` decide which windows are final.
 pub async fn window_rows(
     store: &DynamoWindowStore,
+    clocks: &ShardClocks,
     key: &str,
     width: i64,
     sliding: bool,
@@ -85,14 +132,15 @@ pub async fn window_rows(
     };
     let from = until - last;
     Ok(if sliding {
-        sliding_rows(
+        sliding_rows_with(
             &store.query_range(&pk, from - width, until).await?,
             width,
             from,
             until,
+            clocks,
         )
     } else {
-        tumbling_rows(&store.query_range(&pk, from, until).await?, width)
+        tumbling_rows_with(&store.query_range(&pk, from, until).await?, width, clocks)
     })
 }
 
@@ -138,7 +186,16 @@ pub async fn run(q: Query) -> anyhow::Result<()> {
                 aws_sdk_dynamodb::Client::new(&sdk),
                 table_name(&t, "WindowsTable")?,
             );
-            let rows = window_rows(&store, &key, width, sliding, last, until).await?;
+            let clocks = match shard_clocks(&aws_sdk_kinesis::Client::new(&sdk), &store, &t).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!(
+                        "shard clocks unavailable ({e:#}): finality from the stored flags only"
+                    );
+                    ShardClocks::default()
+                }
+            };
+            let rows = window_rows(&store, &clocks, &key, width, sliding, last, until).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {

@@ -396,7 +396,8 @@ pub async fn run(
     Ok(stats)
 }
 
-async fn list_shards(k: &aws_sdk_kinesis::Client, stream: &str) -> anyhow::Result<Vec<Shard>> {
+/// Every shard of a stream (open and closed, within retention).
+pub async fn list_shards(k: &aws_sdk_kinesis::Client, stream: &str) -> anyhow::Result<Vec<Shard>> {
     let mut out = Vec::new();
     let mut next: Option<String> = None;
     loop {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::{MINUTE_MS, Metrics, WindowPartial};
+use super::{MINUTE_MS, Metrics, ShardProgress, WindowPartial};
 
 /// One window as a reader sees it (all shards merged).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -36,7 +36,8 @@ pub struct WindowRow {
     pub p99: Option<f64>,
     /// Late events counted against it.
     pub late: u64,
-    /// True when every shard that wrote it has marked it final.
+    /// True when no shard that wrote it can still add an on-time event: each one's
+    /// watermark passed its end, or the shard ended (see [`ShardClocks`]).
     pub is_final: bool,
 }
 
@@ -76,22 +77,141 @@ impl WindowRow {
     }
 }
 
-/// Merges partials into one (metrics, final) per window start.
-pub fn merge_partials(partials: &[WindowPartial]) -> BTreeMap<i64, (Metrics, bool)> {
+/// A shard as a reader sees it: its lineage, whether it is closed, its progress.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ShardInfo {
+    /// Shard id.
+    pub id: String,
+    /// Its parent and adjacent parent, if any.
+    pub parents: Vec<String>,
+    /// Closed (a reshard ended it: it has an ending sequence number).
+    pub closed: bool,
+    /// Its stored progress, if it has processed anything.
+    pub progress: Option<ShardProgress>,
+}
+
+/// What a shard's clock says of finality.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardClock {
+    /// Open, or not known to be finished, with its watermark (`None`: none yet).
+    Open(Option<i64>),
+    /// Ended and fully processed: it never writes again.
+    Finished,
+}
+
+/// The clocks of a stream's shards, for deciding finality on read.
+///
+/// A window is final when no shard that wrote it can still add an on-time record: each
+/// such shard has either passed the window's end with its watermark (its progress now,
+/// not when it last wrote the partial: the stored flag is only refreshed when the shard
+/// touches the window again) or ended. As in Flink, where a finished input emits the
+/// maximum watermark and no longer holds back the combined one, an ended shard counts as
+/// a watermark at +infinity. Without that, a reshard leaves every window the parent wrote
+/// near its end unfinal forever: the parent's watermark stops at its last record.
+///
+/// A handler cannot see that its shard ended, but a reader can: Kinesis lists the shard
+/// as closed (it has an ending sequence number), and Lambda (like `shardline run`)
+/// processes a child only after its parents are done, so a closed shard with a child that
+/// has progress is finished (<https://docs.aws.amazon.com/lambda/latest/dg/with-kinesis.html>).
+/// A shard the stream no longer lists was trimmed after it closed, so it is finished too.
+/// A closed shard whose children have not started yet is still waited for.
+///
+/// Like the stored flag, this waits only for the shards that wrote the window: a shard
+/// that has not written it yet (a lagging one) may still add to a window read as final.
+#[derive(Clone, Debug, Default)]
+pub struct ShardClocks {
+    shards: std::collections::HashMap<String, ShardClock>,
+    /// The shards came from a listing of the stream: an unlisted one has been trimmed.
+    listed: bool,
+}
+
+impl ShardClocks {
+    /// Clocks from a listing of the stream's shards and the windows' allowed lateness.
+    pub fn from_shards(shards: &[ShardInfo], lateness_ms: i64) -> Self {
+        let started = |id: &str| {
+            shards
+                .iter()
+                .any(|c| c.parents.iter().any(|p| p == id) && c.progress.is_some())
+        };
+        let clocks = shards
+            .iter()
+            .map(|s| {
+                let clock = if s.closed && started(&s.id) {
+                    ShardClock::Finished
+                } else {
+                    ShardClock::Open(
+                        s.progress
+                            .as_ref()
+                            .and_then(|p| p.max_event_ms)
+                            .map(|m| m - lateness_ms),
+                    )
+                };
+                (s.id.clone(), clock)
+            })
+            .collect();
+        Self {
+            shards: clocks,
+            listed: true,
+        }
+    }
+
+    /// The clock of a shard, if known.
+    pub fn get(&self, shard: &str) -> Option<ShardClock> {
+        match self.shards.get(shard) {
+            Some(c) => Some(*c),
+            None if self.listed => Some(ShardClock::Finished),
+            None => None,
+        }
+    }
+
+    /// True when the partial's shard can no longer add an on-time record to its window.
+    pub fn partial_is_final(&self, p: &WindowPartial) -> bool {
+        // Lambda tumbling-mode spills are keyed `<shard>#t<position>`.
+        let shard = p.shard_id.split('#').next().unwrap_or_default();
+        p.is_final
+            || match self.get(shard) {
+                Some(ShardClock::Finished) => true,
+                Some(ShardClock::Open(wm)) => wm.is_some_and(|wm| p.window.end_ms() <= wm),
+                None => false,
+            }
+    }
+}
+
+/// Merges partials into one (metrics, final) per window start, finality as
+/// [`ShardClocks`] says.
+pub fn merge_partials_with(
+    partials: &[WindowPartial],
+    clocks: &ShardClocks,
+) -> BTreeMap<i64, (Metrics, bool)> {
     let mut out: BTreeMap<i64, (Metrics, bool)> = BTreeMap::new();
     for p in partials {
         let e = out
             .entry(p.window.start_ms)
             .or_insert_with(|| (Metrics::default(), true));
         e.0.merge(&p.metrics);
-        e.1 &= p.is_final;
+        e.1 &= clocks.partial_is_final(p);
     }
     out
 }
 
-/// Tumbling windows of one width as rows.
+/// Merges partials into one (metrics, final) per window start, final as the stored
+/// flags say (no shard information: see [`merge_partials_with`]).
+pub fn merge_partials(partials: &[WindowPartial]) -> BTreeMap<i64, (Metrics, bool)> {
+    merge_partials_with(partials, &ShardClocks::default())
+}
+
+/// Tumbling windows of one width as rows (final as the stored flags say).
 pub fn tumbling_rows(partials: &[WindowPartial], width_ms: i64) -> Vec<WindowRow> {
-    merge_partials(partials)
+    tumbling_rows_with(partials, width_ms, &ShardClocks::default())
+}
+
+/// Tumbling windows of one width as rows, final as the shards' clocks say.
+pub fn tumbling_rows_with(
+    partials: &[WindowPartial],
+    width_ms: i64,
+    clocks: &ShardClocks,
+) -> Vec<WindowRow> {
+    merge_partials_with(partials, clocks)
         .iter()
         .map(|(s, (m, f))| WindowRow::from_metrics(*s, s + width_ms, m, *f))
         .collect()
@@ -106,7 +226,18 @@ pub fn sliding_rows(
     from_ms: i64,
     to_ms: i64,
 ) -> Vec<WindowRow> {
-    let merged = merge_partials(panes);
+    sliding_rows_with(panes, width_ms, from_ms, to_ms, &ShardClocks::default())
+}
+
+/// As [`sliding_rows`], final as the shards' clocks say.
+pub fn sliding_rows_with(
+    panes: &[WindowPartial],
+    width_ms: i64,
+    from_ms: i64,
+    to_ms: i64,
+    clocks: &ShardClocks,
+) -> Vec<WindowRow> {
+    let merged = merge_partials_with(panes, clocks);
     let mut rows = Vec::new();
     let mut m = super::window_start(from_ms, MINUTE_MS);
     while m < to_ms {
@@ -165,6 +296,97 @@ mod tests {
         // Early minutes have fewer panes in their window.
         let early = sliding_rows(&panes, 15 * MINUTE_MS, 0, MINUTE_MS);
         assert_eq!(early[0].count, 3);
+    }
+
+    fn progress(max_event_ms: i64) -> Option<ShardProgress> {
+        Some(ShardProgress {
+            max_event_ms: Some(max_event_ms),
+            ..ShardProgress::default()
+        })
+    }
+
+    #[test]
+    fn a_finished_parent_does_not_hold_back_a_window_its_child_has_passed() {
+        let lateness = WindowConfig::default().lateness_ms;
+        // The window [10 min, 11 min): the parent wrote part of it, then was split; its
+        // watermark stopped at its last record (10 min 30 s - lateness), before the end.
+        // The child wrote the rest and its watermark is far past the end. Neither stored
+        // partial says final (each was last written before its shard's watermark passed).
+        let start = 10 * MINUTE_MS;
+        let partials = [pane(start, "parent", &[5]), pane(start, "child", &[7])];
+        assert!(partials.iter().all(|p| !p.is_final));
+        let shards = |parent_closed: bool| {
+            vec![
+                ShardInfo {
+                    id: "parent".into(),
+                    parents: vec![],
+                    closed: parent_closed,
+                    progress: progress(start + 30_000),
+                },
+                ShardInfo {
+                    id: "child".into(),
+                    parents: vec!["parent".into()],
+                    closed: false,
+                    progress: progress(start + 20 * MINUTE_MS),
+                },
+            ]
+        };
+        let merged = merge_partials_with(
+            &partials,
+            &ShardClocks::from_shards(&shards(true), lateness),
+        );
+        assert_eq!(merged[&start].0.count, 2);
+        assert!(
+            merged[&start].1,
+            "the parent ended and the child passed the end"
+        );
+        assert_eq!(
+            ShardClocks::from_shards(&shards(true), lateness).get("parent"),
+            Some(ShardClock::Finished)
+        );
+        // A parent still open (a stream being read again, or a child started early) is
+        // waited for: its watermark has not passed the end.
+        let open = merge_partials_with(
+            &partials,
+            &ShardClocks::from_shards(&shards(false), lateness),
+        );
+        assert!(!open[&start].1);
+        // A closed shard whose children have not started may still have records to
+        // process: it is not finished yet.
+        let mut unstarted = shards(true);
+        unstarted[1].progress = None;
+        let merged =
+            merge_partials_with(&partials, &ShardClocks::from_shards(&unstarted, lateness));
+        assert!(!merged[&start].1);
+    }
+
+    #[test]
+    fn an_open_shards_current_watermark_makes_its_old_partials_final() {
+        let lateness = WindowConfig::default().lateness_ms;
+        // The stored flag is written only when the shard touches the window; the shard's
+        // progress says where its watermark is now.
+        let partials = [pane(0, "s0", &[5]), pane(0, "s1", &[7])];
+        let info = |id: &str, max_event_ms: i64| ShardInfo {
+            id: id.into(),
+            progress: progress(max_event_ms),
+            ..ShardInfo::default()
+        };
+        let clocks = ShardClocks::from_shards(
+            &[info("s0", 5 * MINUTE_MS), info("s1", 3 * MINUTE_MS)],
+            lateness,
+        );
+        assert!(merge_partials_with(&partials, &clocks)[&0].1);
+        // One shard's watermark (2 min 59 s - 2 min) short of the end holds it back.
+        let clocks = ShardClocks::from_shards(
+            &[info("s0", 5 * MINUTE_MS), info("s1", 3 * MINUTE_MS - 1000)],
+            lateness,
+        );
+        assert!(!merge_partials_with(&partials, &clocks)[&0].1);
+        // A shard the stream no longer lists was trimmed after it closed: finished.
+        let clocks = ShardClocks::from_shards(&[info("s0", 5 * MINUTE_MS)], lateness);
+        assert!(merge_partials_with(&partials, &clocks)[&0].1);
+        // Without any shard information, the stored flags decide, as before.
+        assert!(!merge_partials(&partials)[&0].1);
     }
 
     #[test]
