@@ -1,7 +1,8 @@
 //! template.yaml against the code: every function the code has is in the template with
-//! the environment its config reads, the tables it uses, the IAM actions it makes, and
+//! the environment its config reads, the tables it uses, the IAM actions it makes,
 //! ReportBatchItemFailures on its Kinesis mappings (the handlers return partial batch
-//! responses, which Lambda ignores without it). Then the test of the test: deliberate
+//! responses, which Lambda ignores without it), and ParallelizationFactor 1 where the code
+//! assumes one writer per shard. Then the test of the test: deliberate
 //! mismatches in modified copies of the template are each caught.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
@@ -15,6 +16,9 @@ struct CodeNeeds {
     binary: &'static str,
     required_env: &'static [&'static str],
     iam: &'static [(&'static str, &'static str)],
+    /// The code assumes one invocation per shard at a time (its state has a single
+    /// writer per shard), so the mapping's ParallelizationFactor must be 1 (or absent).
+    single_writer_per_shard: bool,
 }
 
 fn code() -> Vec<CodeNeeds> {
@@ -23,11 +27,14 @@ fn code() -> Vec<CodeNeeds> {
             binary: "fraud-scorer",
             required_env: fraud_scorer::config::REQUIRED_ENV,
             iam: fraud_scorer::config::IAM_ACTIONS,
+            single_writer_per_shard: false,
         },
         CodeNeeds {
             binary: "window-aggregator",
             required_env: window_aggregator::config::REQUIRED_ENV,
             iam: window_aggregator::config::IAM_ACTIONS,
+            // Window partials and shard progress are per shard, guarded by one position.
+            single_writer_per_shard: true,
         },
     ]
 }
@@ -83,6 +90,15 @@ fn problems(text: &str) -> Vec<String> {
                 .contains(&"ReportBatchItemFailures".to_owned())
             {
                 out.push(format!("{}: handler returns batch item failures but the mapping lacks ReportBatchItemFailures", need.binary));
+            }
+            let pf = esm
+                .get("ParallelizationFactor")
+                .map_or("1".to_owned(), scalar);
+            if need.single_writer_per_shard && pf != "1" {
+                out.push(format!(
+                    "{}: ParallelizationFactor {pf} breaks the code's single writer per shard (must be 1 or absent)",
+                    need.binary
+                ));
             }
             if esm.get("MaximumRecordAgeInSeconds").is_none()
                 || esm.get("DestinationConfig").is_none()
@@ -220,6 +236,35 @@ fn a_missing_iam_permission_is_caught() {
             .any(|p| p.contains("does not grant dynamodb:Query on WINDOWS_TABLE")),
         "{:?}",
         problems(&bad)
+    );
+}
+
+#[test]
+fn a_parallelized_aggregator_mapping_is_caught() {
+    let bad = mutate(
+        &template_text(),
+        "            ParallelizationFactor: 1\n",
+        "            ParallelizationFactor: 4\n",
+    );
+    assert!(
+        problems(&bad)
+            .iter()
+            .any(|p| p.contains("window-aggregator: ParallelizationFactor 4")),
+        "{:?}",
+        problems(&bad)
+    );
+    // Absent is Lambda's default, 1: fine.
+    let absent = mutate(
+        &template_text(),
+        "            ParallelizationFactor: 1\n",
+        "",
+    );
+    assert!(
+        !problems(&absent)
+            .iter()
+            .any(|p| p.contains("ParallelizationFactor")),
+        "{:?}",
+        problems(&absent)
     );
 }
 
