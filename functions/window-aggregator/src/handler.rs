@@ -122,6 +122,21 @@ struct ShardResult {
     alerts: usize,
 }
 
+impl ShardResult {
+    /// Nothing durable: the retry starts at the shard's first record.
+    fn failed_at(first: Option<&Item<'_, Txn>>) -> Self {
+        Self {
+            lowest_failure: first.map(|i| i.meta.pos.seq.clone()),
+            partial_writes: 0,
+            windows_touched: 0,
+            applied: 0,
+            late: 0,
+            duplicates: 0,
+            alerts: 0,
+        }
+    }
+}
+
 impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
     /// An aggregator over these stores.
     pub fn new(stores: Stores<W, A, Q>, settings: AggregatorSettings) -> Self {
@@ -179,7 +194,20 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         let (mut partial_writes, mut windows_touched, mut applied, mut alerts) = (0, 0, 0, 0);
         for (shard, mut items) in by_shard {
             items.sort_by(|a, b| a.meta.pos.cmp(&b.meta.pos));
-            let r = self.shard(shard, &items).await;
+            // A panic in the shard's step (outside the batch processor's per-key catch)
+            // fails that shard's records, not the whole invocation.
+            let step = std::panic::AssertUnwindSafe(self.shard(shard, &items, deadline));
+            let r = match futures::FutureExt::catch_unwind(step).await {
+                Ok(r) => r,
+                Err(panic) => {
+                    tracing::error!(
+                        shard,
+                        panic = %panic_message(&panic),
+                        "Shard step panicked; its records are reported for retry."
+                    );
+                    ShardResult::failed_at(items.first())
+                }
+            };
             if let Some(l) = r.lowest_failure
                 && lowest.as_ref().is_none_or(|x| l < *x)
             {
@@ -208,7 +236,12 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         }
     }
 
-    async fn shard(&self, shard: &str, items: &[Item<'_, Txn>]) -> ShardResult {
+    async fn shard(
+        &self,
+        shard: &str,
+        items: &[Item<'_, Txn>],
+        deadline: Option<Instant>,
+    ) -> ShardResult {
         let first = items.first().map(|i| i.meta.pos.seq.clone());
         let fail_all = || ShardResult {
             lowest_failure: first.clone(),
@@ -307,6 +340,19 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
                 partial.version += 1;
                 writes.push((partial, expected, ix));
             }
+        }
+        // Writes start only with time in hand before the Lambda deadline: killed in the
+        // middle, the invocation would be a timeout, retried whole (and bisected); so the
+        // shard's records are reported for retry instead. (Were it killed anyway, the
+        // partials' guards make the retry exact.)
+        // <https://docs.aws.amazon.com/lambda/latest/dg/services-kinesis-errors.html>
+        if deadline.is_some_and(|d| Instant::now() + self.settings.batch.deadline_margin >= d) {
+            tracing::warn!(
+                shard,
+                records = items.len(),
+                "Too close to the deadline to write; reporting the records for retry."
+            );
+            return fail_all();
         }
         let partial_writes = writes.len();
         let plan_ref = &p;
@@ -487,6 +533,14 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             }
         }
     }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
 /// Lowers the first failed record index to the smallest of `ix`.
