@@ -243,3 +243,29 @@ async fn a_tumbling_window_retry_starts_at_the_reported_record_with_the_returned
         "the retry starts at the reported record, with the state the function returned"
     );
 }
+
+#[tokio::test]
+async fn two_runners_on_one_mapping_deliver_each_record_once() {
+    let (_t, clients, m, seqs, on_failure) = setup(12).await;
+    let calls: Calls = Arc::default();
+    let invoker = function(calls.clone(), |_| Ok(json!({"batchItemFailures": []})));
+    // Two `shardline run` processes on the same mapping (they share its checkpoints).
+    let a = tokio::spawn(run(
+        m.clone(),
+        clients.clone(),
+        invoker.clone(),
+        Some(on_failure.clone()),
+        opts(),
+    ));
+    let b = tokio::spawn(run(m, clients, invoker, Some(on_failure), opts()));
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    let mut delivered: Vec<String> = calls.lock().unwrap().concat();
+    delivered.sort();
+    let mut expected = seqs.clone();
+    expected.sort();
+    assert_eq!(
+        delivered, expected,
+        "each record delivered once, by one runner"
+    );
+}

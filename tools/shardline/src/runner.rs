@@ -9,6 +9,13 @@
 //! MaximumRecordAgeInSeconds with the invocation record sent to the OnFailure queue, and
 //! TumblingWindowInSeconds with state carried between invocations. Checkpoints live in
 //! the local DynamoDB so a restarted runner resumes where it stopped.
+//!
+//! Like Lambda's event source mapping (one poller per shard), one runner at a time
+//! processes a shard: a runner holds a lease on (mapping, shard) in the checkpoint item (an
+//! owner id and an expiry, taken and renewed with conditional writes), and its checkpoints
+//! are written only while it still owns the lease. A runner that cannot take a shard's
+//! lease leaves the shard alone and tries again later, so two `shardline run` processes on
+//! one mapping deliver each record once (and take over from each other if one stops).
 //! Semantics: <https://docs.aws.amazon.com/lambda/latest/dg/with-kinesis.html>.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -159,6 +166,8 @@ pub struct RunOptions {
     pub status: bool,
     /// The quarantine queue, whose depth the status line shows.
     pub quarantine_url: Option<String>,
+    /// How long a shard's lease lasts unless renewed (it is renewed every third of it).
+    pub lease: Duration,
 }
 
 impl Default for RunOptions {
@@ -170,6 +179,7 @@ impl Default for RunOptions {
             max_duration: Duration::from_secs(3600),
             status: false,
             quarantine_url: None,
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -247,6 +257,28 @@ struct Ctx {
     stats: Arc<Stats>,
     on_failure_url: Option<String>,
     opts: RunOptions,
+    /// This runner's lease owner id.
+    owner: String,
+}
+
+/// Another runner owns the shard's lease now: this one must stop processing it.
+#[derive(Debug)]
+struct LeaseLost(String);
+
+impl std::fmt::Display for LeaseLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the lease on shard {} was lost to another runner",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for LeaseLost {}
+
+fn epoch_ms() -> i64 {
+    (now_secs() * 1000.0) as i64
 }
 
 impl Ctx {
@@ -281,22 +313,103 @@ impl Ctx {
         })
     }
 
+    /// Saves a checkpoint, only while this runner owns the shard's lease (which the
+    /// write renews); [`LeaseLost`] otherwise.
     async fn save_cp(&self, shard: &str, cp: &Checkpoint) -> anyhow::Result<()> {
+        let mut set = vec!["#done = :done", "#until = :until"];
         let mut req = self
             .c
             .ddb
-            .put_item()
+            .update_item()
             .table_name(CHECKPOINT_TABLE)
-            .item("pk", AttributeValue::S(self.cp_key(shard)))
-            .item("done", AttributeValue::Bool(cp.done));
+            .key("pk", AttributeValue::S(self.cp_key(shard)))
+            .condition_expression("#owner = :me")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#until", "lease_until")
+            .expression_attribute_names("#done", "done")
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_values(":me", AttributeValue::S(self.owner.clone()))
+            .expression_attribute_values(":done", AttributeValue::Bool(cp.done))
+            .expression_attribute_values(":until", self.lease_until());
         if let Some(s) = &cp.seq {
-            req = req.item("seq", AttributeValue::S(s.clone()));
+            set.push("#seq = :seq");
+            req = req
+                .expression_attribute_names("#seq", "seq")
+                .expression_attribute_values(":seq", AttributeValue::S(s.clone()));
         }
-        if let Some(st) = &cp.state {
-            req = req.item("state", AttributeValue::S(st.to_string()));
+        let update = match &cp.state {
+            Some(st) => {
+                set.push("#state = :state");
+                req = req.expression_attribute_values(":state", AttributeValue::S(st.to_string()));
+                format!("SET {}", set.join(", "))
+            }
+            None => format!("SET {} REMOVE #state", set.join(", ")),
+        };
+        match req.update_expression(update).send().await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Err(LeaseLost(shard.to_owned()).into())
+            }
+            Err(e) => Err(e).context("saving a checkpoint"),
         }
-        req.send().await.context("saving a checkpoint")?;
-        Ok(())
+    }
+
+    fn lease_until(&self) -> AttributeValue {
+        AttributeValue::N((epoch_ms() + self.opts.lease.as_millis() as i64).to_string())
+    }
+
+    /// Takes (or renews) this runner's lease on a shard: true when it holds it now, false
+    /// when another runner's lease has not expired.
+    async fn take_lease(&self, shard: &str) -> anyhow::Result<bool> {
+        let r = self
+            .c
+            .ddb
+            .update_item()
+            .table_name(CHECKPOINT_TABLE)
+            .key("pk", AttributeValue::S(self.cp_key(shard)))
+            .update_expression("SET #owner = :me, #until = :until")
+            .condition_expression("attribute_not_exists(#owner) OR #owner = :me OR #until < :now")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#until", "lease_until")
+            .expression_attribute_values(":me", AttributeValue::S(self.owner.clone()))
+            .expression_attribute_values(":until", self.lease_until())
+            .expression_attribute_values(":now", AttributeValue::N(epoch_ms().to_string()))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e).context("taking a shard lease"),
+        }
+    }
+
+    /// Gives a lease up (when this runner stops), so another runner need not wait for
+    /// it to expire.
+    async fn release_lease(&self, shard: &str) {
+        let r = self
+            .c
+            .ddb
+            .update_item()
+            .table_name(CHECKPOINT_TABLE)
+            .key("pk", AttributeValue::S(self.cp_key(shard)))
+            .update_expression("REMOVE #owner, #until")
+            .condition_expression("#owner = :me")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#until", "lease_until")
+            .expression_attribute_values(":me", AttributeValue::S(self.owner.clone()))
+            .send()
+            .await;
+        if let Err(e) = r {
+            tracing::debug!(error = %e, shard, "Lease not released (expires by itself).");
+        }
     }
 }
 
@@ -317,6 +430,14 @@ pub async fn run(
         stats: stats.clone(),
         on_failure_url,
         opts,
+        owner: format!(
+            "runner-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        ),
     });
     let started = Instant::now();
     let mut tasks: HashMap<String, tokio::task::JoinHandle<anyhow::Result<()>>> = HashMap::new();
@@ -469,6 +590,9 @@ fn spawn_status(ctx: Arc<Ctx>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle
     })
 }
 
+/// One shard: wait for its lease (another runner may hold it: the shard counts as idle
+/// here meanwhile), process it while the lease holds (renewed in the background), and
+/// start over from the stored checkpoint if the lease is lost.
 async fn shard_loop(
     ctx: Arc<Ctx>,
     shard: String,
@@ -476,6 +600,61 @@ async fn shard_loop(
     idle: Arc<Mutex<HashMap<String, bool>>>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
+    loop {
+        if ctx.load_cp(&shard).await?.done {
+            done.lock().await.insert(shard);
+            return Ok(());
+        }
+        if !ctx.take_lease(&shard).await? {
+            idle.lock().await.insert(shard.clone(), true);
+            if stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            tokio::time::sleep(ctx.opts.poll_interval.max(ctx.opts.lease / 4)).await;
+            continue;
+        }
+        let lost = Arc::new(AtomicBool::new(false));
+        let renew = {
+            let (ctx, shard, lost) = (ctx.clone(), shard.clone(), lost.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ctx.opts.lease / 3).await;
+                    if !ctx.take_lease(&shard).await.unwrap_or(false) {
+                        lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            })
+        };
+        let r = process_shard(&ctx, &shard, &done, &idle, &stop, &lost).await;
+        renew.abort();
+        match r {
+            Err(e) if e.is::<LeaseLost>() => {
+                tracing::warn!(shard = %shard, "Shard lease lost; waiting to take it again.");
+            }
+            Ok(()) if lost.load(Ordering::SeqCst) => {
+                tracing::warn!(shard = %shard, "Shard lease lost; waiting to take it again.");
+            }
+            other => {
+                ctx.release_lease(&shard).await;
+                return other;
+            }
+        }
+    }
+}
+
+/// Processes a shard while this runner holds its lease (until it is finished, the run
+/// stops, or `lost` says the lease went to another runner).
+async fn process_shard(
+    ctx: &Arc<Ctx>,
+    shard: &str,
+    done: &Mutex<HashSet<String>>,
+    idle: &Mutex<HashMap<String, bool>>,
+    stop: &AtomicBool,
+    lost: &AtomicBool,
+) -> anyhow::Result<()> {
+    let shard = shard.to_owned();
+    // Read after the lease is taken: the previous owner may have moved it.
     let mut cp = ctx.load_cp(&shard).await?;
     if cp.done {
         done.lock().await.insert(shard);
@@ -510,6 +689,9 @@ async fn shard_loop(
         .as_ref()
         .and_then(|s| Some((s.get("window_start")?.as_i64()?, s.get("state")?.clone())));
     loop {
+        if lost.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         // Fill the buffer (one GetRecords per pass; a shard gives 5 reads/s in AWS).
         let mut drained = false;
         if let Some(it) = iterator.clone() {
@@ -536,7 +718,7 @@ async fn shard_loop(
         if buffer.is_empty() {
             if closed {
                 if let Some((start, state)) = window_state.take() {
-                    finish_window(&ctx, &shard, start, state).await?;
+                    finish_window(ctx, &shard, start, state).await?;
                 }
                 cp.done = true;
                 cp.state = None;
@@ -548,7 +730,7 @@ async fn shard_loop(
             if empty_polls >= ctx.opts.idle_polls {
                 // Idle: a tumbling window still open is closed now (its final invoke).
                 if let Some((start, state)) = window_state.take() {
-                    finish_window(&ctx, &shard, start, state).await?;
+                    finish_window(ctx, &shard, start, state).await?;
                     cp.state = None;
                     ctx.save_cp(&shard, &cp).await?;
                 }
@@ -570,9 +752,9 @@ async fn shard_loop(
         let take = cut_batch(&buffer, want);
         let round: Vec<Record> = buffer.drain(..take).collect();
         if let Some(w) = ctx.m.tumbling_window {
-            window_state = tumbling_round(&ctx, &shard, round.clone(), w, window_state).await?;
+            window_state = tumbling_round(ctx, &shard, round.clone(), w, window_state).await?;
         } else {
-            process_round(&ctx, &shard, round.clone()).await?;
+            process_round(ctx, &shard, round.clone()).await?;
         }
         cp.seq = round.last().map(|r| r.sequence_number().to_owned());
         cp.state = window_state
