@@ -21,11 +21,7 @@ async fn scan(ddb: &aws_sdk_dynamodb::Client, table: &str) -> Vec<WindowPartial>
     let mut items: Vec<WindowPartial> = out
         .items()
         .iter()
-        .filter(|i| {
-            i.get("pk")
-                .and_then(|p| p.as_s().ok())
-                .is_some_and(|p| p != "progress")
-        })
+        .filter(|i| shardline_aws::dynamo::is_window_partial(i))
         .map(|i| serde_dynamo::from_item(i.clone()).unwrap())
         .collect();
     items.sort_by(|a, b| (&a.pk, &a.sk).cmp(&(&b.pk, &b.sk)));

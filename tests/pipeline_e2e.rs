@@ -176,11 +176,7 @@ async fn pipeline_survives_reshard_restart_duplicates_and_poison() {
         .await
         .unwrap()
     {
-        if item
-            .get("pk")
-            .and_then(|p| p.as_s().ok())
-            .is_some_and(|p| p == "progress")
-        {
+        if !shardline_aws::dynamo::is_window_partial(&item) {
             continue;
         }
         let p: WindowPartial = serde_dynamo::from_item(item).unwrap();

@@ -207,3 +207,82 @@ async fn scorer_on_fixtures_against_dynamodb_then_replay_changes_nothing() {
     );
     assert_eq!(before, after);
 }
+
+/// DynamoDB rejects a BatchWriteItem that names one key twice, so two alerts with one
+/// id in a chunk would fail the chunk, and with it the card, forever: the scorer's alert
+/// ids are per (card, event), and both cards' alerts land.
+#[tokio::test]
+async fn dynamodb_rejects_one_key_twice_in_a_batch_and_alert_ids_never_collide() {
+    use aws_sdk_dynamodb::types::{PutRequest, WriteRequest};
+    let sdk = emulator_config().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let t = fresh_stack(&sdk, 'a', &[]).await;
+    let table = t.physical()["AlertsTable"].reference.clone();
+    let put = |id: &str| {
+        WriteRequest::builder()
+            .put_request(
+                PutRequest::builder()
+                    .item("alert_id", AttributeValue::S(id.to_owned()))
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+    };
+    let rejected = ddb
+        .batch_write_item()
+        .request_items(&table, vec![put("same"), put("same")])
+        .send()
+        .await;
+    assert!(
+        rejected.is_err(),
+        "the emulator accepted a BatchWriteItem with one key twice"
+    );
+
+    let f = t
+        .functions()
+        .into_iter()
+        .find(|f| f.binary == "fraud-scorer")
+        .unwrap();
+    let config = Config::from_lookup(|k| f.environment.get(k).cloned()).unwrap();
+    let scorer = fraud_scorer::deployed(&config, &sdk);
+    let payload = two_cards_one_event_id();
+    let report = scorer.handle(&payload, None).await.unwrap();
+    assert!(report.response.batch_item_failures.is_empty());
+    let alerts: Vec<Alert> = scan(&ddb, &table).await;
+    let mut cards: Vec<String> = alerts.iter().filter_map(|a| a.card_token.clone()).collect();
+    cards.sort();
+    assert_eq!(cards, vec!["tok_dup_a".to_owned(), "tok_dup_b".to_owned()]);
+}
+
+/// A Kinesis event: two cards, each with an event then one 60 degrees of latitude away
+/// ten minutes later (impossible travel), the second events sharing the id "shared".
+fn two_cards_one_event_id() -> Vec<u8> {
+    use base64::Engine as _;
+    let mut records = Vec::new();
+    let mut seq = 0;
+    for card in ["tok_dup_a", "tok_dup_b"] {
+        for (id, lat, t) in [
+            (format!("first-{card}"), 0.0, "2026-11-26T12:00:00.000Z"),
+            ("shared".to_owned(), 60.0, "2026-11-26T12:10:00.000Z"),
+        ] {
+            seq += 1;
+            let data = serde_json::json!({
+                "schema": "txn.v1", "event_id": id, "card_token": card, "merchant_id": "m1",
+                "mcc": "5411", "amount_minor": 1000, "currency": "USD", "event_time": t,
+                "location": {"lat": lat, "lon": 0.0, "country": "US"},
+                "channel": "pos", "auth_result": "approved",
+            })
+            .to_string();
+            let sn = format!("4959033827149025660855969253836157109592157598913{seq:07}");
+            records.push(serde_json::json!({
+                "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": card, "sequenceNumber": sn,
+                    "data": base64::engine::general_purpose::STANDARD.encode(data),
+                    "approximateArrivalTimestamp": 1_795_695_000.0},
+                "eventSource": "aws:kinesis", "eventVersion": "1.0",
+                "eventID": format!("shardId-000000000000:{sn}"), "eventName": "aws:kinesis:record",
+                "eventSourceARN": "arn:aws:kinesis:us-east-1:123456789012:stream/shardline-input",
+            }));
+        }
+    }
+    serde_json::to_vec(&serde_json::json!({ "Records": records })).unwrap()
+}

@@ -116,6 +116,8 @@ fn problems(text: &str) -> Vec<String> {
             // The ARN of the resource the variable names.
             let kind = if var.ends_with("_TABLE") {
                 ":table/"
+            } else if var.ends_with("_STREAM") {
+                ":stream/"
             } else {
                 ":sqs:"
             };
@@ -227,8 +229,8 @@ fn a_table_the_template_does_not_declare_is_caught() {
 fn a_missing_iam_permission_is_caught() {
     let bad = mutate(
         &template_text(),
-        "Action: [dynamodb:BatchGetItem, dynamodb:GetItem, dynamodb:PutItem, dynamodb:Query]",
-        "Action: [dynamodb:BatchGetItem, dynamodb:GetItem, dynamodb:PutItem]",
+        "Action: [dynamodb:BatchGetItem, dynamodb:BatchWriteItem, dynamodb:GetItem, dynamodb:PutItem, dynamodb:Query]",
+        "Action: [dynamodb:BatchGetItem, dynamodb:BatchWriteItem, dynamodb:GetItem, dynamodb:PutItem]",
     );
     assert!(
         problems(&bad)

@@ -11,8 +11,10 @@ use shardline_core::alert::Alert;
 use shardline_core::fraud::profile::CardProfile;
 use shardline_core::fraud::rules::RuleSet;
 use shardline_core::ports::{
-    AlertSink, BatchRead, BatchReadKeys, PartialKey, ProfileStore, Put, RuleSource, WindowStore,
+    AlertSink, BatchRead, BatchReadKeys, MAX_BATCH_GET, MAX_BATCH_WRITE, PartialKey, ProfileStore,
+    Put, RuleSource, WindowStore,
 };
+use shardline_core::window::claims::{ClaimItem, ClaimKey, Lineage};
 use shardline_core::window::{ShardProgress, WindowId, WindowPartial};
 
 use crate::sdk::classify;
@@ -404,4 +406,109 @@ impl WindowStore for DynamoWindowStore {
         self.query_range(&window.pk(), window.start_ms, window.start_ms + 1)
             .await
     }
+
+    async fn get_claims(
+        &self,
+        keys: &[ClaimKey],
+    ) -> Result<Vec<(ClaimKey, ClaimItem)>, StoreError> {
+        let by_key: HashMap<(String, String), &ClaimKey> =
+            keys.iter().map(|k| ((k.pk(), k.sk()), k)).collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(MAX_BATCH_GET) {
+            let mut pending: Vec<HashMap<String, AttributeValue>> = chunk
+                .iter()
+                .map(|k| {
+                    HashMap::from([
+                        ("pk".to_owned(), AttributeValue::S(k.pk())),
+                        ("sk".to_owned(), AttributeValue::S(k.sk())),
+                    ])
+                })
+                .collect();
+            let mut attempt = 0;
+            while !pending.is_empty() {
+                attempt += 1;
+                if attempt > UNPROCESSED_ATTEMPTS {
+                    return Err(StoreError::transient(format!(
+                        "{} claim items still unprocessed after {UNPROCESSED_ATTEMPTS} BatchGetItem attempts",
+                        pending.len()
+                    )));
+                }
+                if attempt > 1 {
+                    tokio::time::sleep(Duration::from_millis(25 << attempt)).await;
+                }
+                let (found, unprocessed) =
+                    batch_get::<ClaimItem>(&self.client, &self.table, pending).await?;
+                for item in found {
+                    if let Some(k) = by_key.get(&(item.pk.clone(), item.sk.clone())) {
+                        out.push(((*k).clone(), item));
+                    }
+                }
+                pending = unprocessed;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_claims(&self, items: &[ClaimItem]) -> Result<(), StoreError> {
+        for chunk in items.chunks(MAX_BATCH_WRITE) {
+            let mut writes = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                writes.push(
+                    WriteRequest::builder()
+                        .put_request(
+                            PutRequest::builder()
+                                .set_item(Some(serde_dynamo::to_item(item).map_err(fatal)?))
+                                .build()
+                                .map_err(fatal)?,
+                        )
+                        .build(),
+                );
+            }
+            batch_write(&self.client, &self.table, writes).await?;
+        }
+        Ok(())
+    }
+
+    async fn get_lineage(&self, shard: &str) -> Result<Option<Lineage>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(LINEAGE_PK.to_owned()))
+            .key("sk", AttributeValue::S(shard.to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(classify)?;
+        out.item()
+            .map(|i| serde_dynamo::from_item(i.clone()))
+            .transpose()
+            .map_err(fatal)
+    }
+
+    async fn put_lineage(&self, shard: &str, lineage: &Lineage) -> Result<(), StoreError> {
+        let mut item: HashMap<String, AttributeValue> =
+            serde_dynamo::to_item(lineage).map_err(fatal)?;
+        item.insert("pk".into(), AttributeValue::S(LINEAGE_PK.to_owned()));
+        item.insert("sk".into(), AttributeValue::S(shard.to_owned()));
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
+
+/// Partition key of shard lineage items in the windows table.
+pub const LINEAGE_PK: &str = "lineage";
+
+/// True for an item of the windows table that is a window partial: not a shard's
+/// progress, lineage or event-id claims, which share the table.
+pub fn is_window_partial(item: &HashMap<String, AttributeValue>) -> bool {
+    item.get("pk")
+        .and_then(|p| p.as_s().ok())
+        .is_some_and(|pk| pk != PROGRESS_PK && pk != LINEAGE_PK && !pk.starts_with("claims#"))
 }

@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod dynamo;
 pub mod faults;
 pub mod kinesis;
+pub mod lineage;
 pub mod quarantine;
 pub mod sdk;
 pub mod stream;

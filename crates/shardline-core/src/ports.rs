@@ -210,7 +210,48 @@ pub trait WindowStore: Send + Sync {
         &self,
         window: &crate::window::WindowId,
     ) -> impl Future<Output = Result<Vec<crate::window::WindowPartial>, StoreError>> + Send;
+    /// Reads event-id claim items, strongly consistent, any number of keys (the adapter
+    /// batches them); absent items are left out.
+    fn get_claims(
+        &self,
+        keys: &[crate::window::claims::ClaimKey],
+    ) -> impl Future<
+        Output = Result<
+            Vec<(
+                crate::window::claims::ClaimKey,
+                crate::window::claims::ClaimItem,
+            )>,
+            StoreError,
+        >,
+    > + Send;
+    /// Writes claim items (whole, unconditionally: each shard writes only its own).
+    fn put_claims(
+        &self,
+        items: &[crate::window::claims::ClaimItem],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A shard's stored lineage.
+    fn get_lineage(
+        &self,
+        shard: &str,
+    ) -> impl Future<Output = Result<Option<crate::window::claims::Lineage>, StoreError>> + Send;
+    /// Stores a shard's lineage (once, at its first batch).
+    fn put_lineage(
+        &self,
+        shard: &str,
+        lineage: &crate::window::claims::Lineage,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// Where a shard came from: the shards it was split or merged from (Kinesis
+/// `ListShards`' `ParentShardId` and `AdjacentParentShardId`), or none.
+pub trait ShardParents: Send + Sync {
+    /// The parents of `shard` (empty for an original shard or an unknown one).
+    fn parents<'a>(
+        &'a self,
+        shard: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<String>, StoreError>>;
+}
+
 
 /// Items found by a keyed batch read, and the keys to ask again.
 #[derive(Debug, Default)]
@@ -254,5 +295,39 @@ impl<W: WindowStore> WindowStore for &W {
         window: &crate::window::WindowId,
     ) -> impl Future<Output = Result<Vec<crate::window::WindowPartial>, StoreError>> + Send {
         (**self).window_partials(window)
+    }
+    fn get_claims(
+        &self,
+        keys: &[crate::window::claims::ClaimKey],
+    ) -> impl Future<
+        Output = Result<
+            Vec<(
+                crate::window::claims::ClaimKey,
+                crate::window::claims::ClaimItem,
+            )>,
+            StoreError,
+        >,
+    > + Send {
+        (**self).get_claims(keys)
+    }
+    fn put_claims(
+        &self,
+        items: &[crate::window::claims::ClaimItem],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).put_claims(items)
+    }
+    fn get_lineage(
+        &self,
+        shard: &str,
+    ) -> impl Future<Output = Result<Option<crate::window::claims::Lineage>, StoreError>> + Send
+    {
+        (**self).get_lineage(shard)
+    }
+    fn put_lineage(
+        &self,
+        shard: &str,
+        lineage: &crate::window::claims::Lineage,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).put_lineage(shard, lineage)
     }
 }

@@ -12,6 +12,8 @@ use shardline_core::ports::{
     AlertSink, BatchRead, BatchReadKeys, MAX_BATCH_GET, MAX_BATCH_WRITE, PartialKey, ProfileStore,
     Put, Quarantine, QuarantineEntry, WindowStore,
 };
+use shardline_core::ports::ShardParents;
+use shardline_core::window::claims::{ClaimItem, ClaimKey, Lineage};
 use shardline_core::window::{ShardProgress, WindowId, WindowPartial};
 
 /// The repository root (where `events/` and `template.yaml` live).
@@ -232,6 +234,13 @@ impl AlertSink for MemAlerts {
 pub struct MemWindows {
     partials: Mutex<std::collections::BTreeMap<PartialKey, WindowPartial>>,
     progress: Mutex<std::collections::BTreeMap<String, ShardProgress>>,
+    claims: Mutex<std::collections::BTreeMap<ClaimKey, ClaimItem>>,
+    lineage: Mutex<std::collections::BTreeMap<String, Lineage>>,
+    /// Injected faults on claim writes.
+    pub claim_faults: Faults,
+    /// Claim requests: `batch_gets` (BatchGetItem calls), `batch_writes` (BatchWriteItem
+    /// calls), `gets` (lineage reads).
+    pub claim_calls: Calls,
     /// Requests made: `batch_gets`, `gets` (progress reads and window queries), `puts`
     /// (partial writes), `batch_writes` (progress writes).
     pub calls: Calls,
@@ -254,7 +263,18 @@ impl MemWindows {
     pub fn progress(&self) -> std::collections::BTreeMap<String, ShardProgress> {
         self.progress.lock().expect("windows lock").clone()
     }
+
+    /// Every stored claim item.
+    pub fn claim_items(&self) -> Vec<ClaimItem> {
+        self.claims
+            .lock()
+            .expect("windows lock")
+            .values()
+            .cloned()
+            .collect()
+    }
 }
+
 
 impl WindowStore for MemWindows {
     async fn get_partials(
@@ -316,5 +336,77 @@ impl WindowStore for MemWindows {
             .filter(|p| p.window == *window)
             .cloned()
             .collect())
+    }
+
+    async fn get_claims(
+        &self,
+        keys: &[ClaimKey],
+    ) -> Result<Vec<(ClaimKey, ClaimItem)>, StoreError> {
+        self.claim_calls
+            .batch_gets
+            .fetch_add(keys.len().div_ceil(MAX_BATCH_GET) as u32, Ordering::SeqCst);
+        let items = self.claims.lock().expect("windows lock");
+        Ok(keys
+            .iter()
+            .filter_map(|k| items.get(k).map(|i| (k.clone(), i.clone())))
+            .collect())
+    }
+
+    async fn put_claims(&self, items: &[ClaimItem]) -> Result<(), StoreError> {
+        self.claim_calls.batch_writes.fetch_add(
+            items.len().div_ceil(MAX_BATCH_WRITE) as u32,
+            Ordering::SeqCst,
+        );
+        self.claim_faults.check("put_claims")?;
+        let mut stored = self.claims.lock().expect("windows lock");
+        for item in items {
+            let key = claim_key_of(item)
+                .ok_or_else(|| StoreError::fatal(format!("bad claim key {}", item.sk)))?;
+            stored.insert(key, item.clone());
+        }
+        Ok(())
+    }
+
+    async fn get_lineage(&self, shard: &str) -> Result<Option<Lineage>, StoreError> {
+        self.claim_calls.gets.fetch_add(1, Ordering::SeqCst);
+        Ok(self
+            .lineage
+            .lock()
+            .expect("windows lock")
+            .get(shard)
+            .cloned())
+    }
+
+    async fn put_lineage(&self, shard: &str, lineage: &Lineage) -> Result<(), StoreError> {
+        self.lineage
+            .lock()
+            .expect("windows lock")
+            .insert(shard.to_owned(), lineage.clone());
+        Ok(())
+    }
+}
+
+/// The key a claim item is stored under, from its `pk` and `sk`.
+fn claim_key_of(item: &ClaimItem) -> Option<ClaimKey> {
+    let shard = item.pk.strip_prefix("claims#")?;
+    let (slice, chunk) = item.sk.split_once('#')?;
+    Some(ClaimKey {
+        shard: shard.to_owned(),
+        slice_ms: slice.parse().ok()?,
+        chunk: chunk.parse().ok()?,
+    })
+}
+
+/// Shard parents from a fixed map (a reshard in a test).
+#[derive(Debug, Default)]
+pub struct MemParents(pub std::collections::HashMap<String, Vec<String>>);
+
+impl ShardParents for MemParents {
+    fn parents<'a>(
+        &'a self,
+        shard: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let p = self.0.get(shard).cloned().unwrap_or_default();
+        Box::pin(async move { Ok(p) })
     }
 }

@@ -7,6 +7,9 @@ pub const ENV_WINDOWS_TABLE: &str = "WINDOWS_TABLE";
 pub const ENV_ALERTS_TABLE: &str = "ALERTS_TABLE";
 /// SQS queue URL of the quarantine (poison and late records).
 pub const ENV_QUARANTINE_QUEUE_URL: &str = "QUARANTINE_QUEUE_URL";
+/// Optional: the input stream's name, for its shards' lineage (unset: a child shard
+/// after a reshard does not see its parents' event-id claims).
+pub const ENV_INPUT_STREAM: &str = "INPUT_STREAM";
 /// Optional: allowed lateness in seconds (default 120).
 pub const ENV_ALLOWED_LATENESS_SECONDS: &str = "ALLOWED_LATENESS_SECONDS";
 
@@ -20,17 +23,23 @@ pub const REQUIRED_ENV: &[&str] = &[
     ENV_QUARANTINE_QUEUE_URL,
 ];
 /// Variables the function reads when present.
-pub const OPTIONAL_ENV: &[&str] = &[ENV_ALLOWED_LATENESS_SECONDS, ENV_CARD_WINDOW_MINUTES];
+pub const OPTIONAL_ENV: &[&str] = &[
+    ENV_INPUT_STREAM,
+    ENV_ALLOWED_LATENESS_SECONDS,
+    ENV_CARD_WINDOW_MINUTES,
+];
 
 /// Every AWS action the function's code makes, with the variable naming the resource it
 /// acts on (the template consistency test checks the function's role grants each one).
 pub const IAM_ACTIONS: &[(&str, &str)] = &[
     ("dynamodb:BatchGetItem", ENV_WINDOWS_TABLE),
+    ("dynamodb:BatchWriteItem", ENV_WINDOWS_TABLE),
     ("dynamodb:GetItem", ENV_WINDOWS_TABLE),
     ("dynamodb:PutItem", ENV_WINDOWS_TABLE),
     ("dynamodb:Query", ENV_WINDOWS_TABLE),
     ("dynamodb:BatchWriteItem", ENV_ALERTS_TABLE),
     ("sqs:SendMessage", ENV_QUARANTINE_QUEUE_URL),
+    ("kinesis:ListShards", ENV_INPUT_STREAM),
 ];
 
 /// A configuration problem, naming the variable.
@@ -64,6 +73,8 @@ pub struct Config {
     pub lateness_ms: i64,
     /// Per-card window widths, ms (empty: no per-card windows).
     pub card_widths_ms: Vec<i64>,
+    /// The input stream, for shard lineage.
+    pub input_stream: Option<String>,
 }
 
 impl Config {
@@ -115,6 +126,7 @@ impl Config {
         };
         Ok(Self {
             card_widths_ms,
+            input_stream: get(ENV_INPUT_STREAM).filter(|v| !v.is_empty()),
             windows_table: req(ENV_WINDOWS_TABLE)?,
             alerts_table: req(ENV_ALERTS_TABLE)?,
             quarantine_queue_url: req(ENV_QUARANTINE_QUEUE_URL)?,

@@ -8,6 +8,7 @@
 //! skipped by its guard, so any replay or split leaves the windows as one delivery.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use aws_lambda_events::event::streams::KinesisEventResponse;
 use futures::StreamExt;
@@ -15,8 +16,11 @@ use shardline_aws::kinesis::{EnvelopeError, decode_event_json, response_for};
 use shardline_core::alert::Alert;
 use shardline_core::batch::{BatchConfig, BatchOutcome, BatchProcessor, Item};
 use shardline_core::ports::{
-    AlertSink, MAX_BATCH_GET, MAX_BATCH_WRITE, PartialKey, Put, Quarantine, WindowStore,
+    AlertSink, MAX_BATCH_GET, MAX_BATCH_WRITE, PartialKey, Put, Quarantine, ShardParents,
+    WindowStore,
 };
+use shardline_core::window::claims::{ClaimBook, Lineage, MAX_ANCESTORS, keys_to_read};
+use shardline_core::window::hll::stable_hash;
 use shardline_core::window::rules::WindowRuleSet;
 use shardline_core::window::{
     KeyKind, Metrics, Plan, ShardProgress, WindowConfig, WindowId, WindowPartial, apply_to_partial,
@@ -110,6 +114,11 @@ pub struct Aggregator<W, A, Q> {
     alerts: A,
     processor: BatchProcessor<Q>,
     settings: AggregatorSettings,
+    /// Where shards come from (Kinesis `ListShards`); without it a shard has no
+    /// ancestors, which is right for a stream never resharded.
+    parents: Option<Arc<dyn ShardParents>>,
+    /// Lineages known in this process (a shard's never changes).
+    lineages: std::sync::Mutex<HashMap<String, Lineage>>,
 }
 
 struct ShardResult {
@@ -145,6 +154,114 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             alerts: stores.alerts,
             processor: BatchProcessor::new(settings.batch.clone(), stores.quarantine),
             settings,
+            parents: None,
+            lineages: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads shard lineage from `parents`, so that a child shard sees the event-id
+    /// claims of the shards it was split or merged from.
+    #[must_use]
+    pub fn with_parents(mut self, parents: Arc<dyn ShardParents>) -> Self {
+        self.parents = Some(parents);
+        self
+    }
+
+    /// A shard's lineage: from this process's memory, the windows table, or (at the
+    /// shard's first batch) its parents and theirs, stored for the next cold start.
+    pub(crate) async fn lineage(
+        &self,
+        shard: &str,
+        first_event_ms: i64,
+    ) -> Result<Lineage, StoreError> {
+        if let Some(l) = self
+            .lineages
+            .lock()
+            .ok()
+            .and_then(|m| m.get(shard).cloned())
+        {
+            return Ok(l);
+        }
+        let lineage = match (&self.parents, self.windows.get_lineage(shard).await?) {
+            (_, Some(l)) => l,
+            (None, None) => Lineage::default(),
+            (Some(parents), None) => {
+                let mut ancestors: Vec<String> = Vec::new();
+                let mut frontier = vec![shard.to_owned()];
+                // Nearest first, bounded: parents, then grandparents, ...
+                while let Some(s) = (!frontier.is_empty()).then(|| frontier.remove(0)) {
+                    for p in parents.parents(&s).await? {
+                        if ancestors.len() < MAX_ANCESTORS && p != shard && !ancestors.contains(&p)
+                        {
+                            ancestors.push(p.clone());
+                            frontier.push(p);
+                        }
+                    }
+                }
+                let l = Lineage {
+                    ancestors,
+                    since_ms: first_event_ms,
+                };
+                self.windows.put_lineage(shard, &l).await?;
+                l
+            }
+        };
+        if let Ok(mut m) = self.lineages.lock() {
+            m.insert(shard.to_owned(), lineage.clone());
+        }
+        Ok(lineage)
+    }
+
+    /// The claims a shard's records need, read from the shard and its ancestors.
+    pub(crate) async fn claim_book<'t>(
+        &self,
+        shard: &str,
+        events: impl IntoIterator<Item = &'t Txn> + Clone,
+    ) -> Result<ClaimBook, StoreError> {
+        let first = events
+            .clone()
+            .into_iter()
+            .map(|t| t.event_time_ms)
+            .min()
+            .unwrap_or_default();
+        let lineage = self.lineage(shard, first).await?;
+        let keys = keys_to_read(
+            shard,
+            &lineage,
+            events
+                .into_iter()
+                .map(|t| (t.event_time_ms, stable_hash(&t.event_id))),
+        );
+        let read = self.windows.get_claims(&keys).await?;
+        Ok(ClaimBook::new(shard, read))
+    }
+
+    /// Makes the claims a batch added durable, before any effect they guard.
+    pub(crate) async fn store_claims(&self, book: &ClaimBook) -> Result<(), StoreError> {
+        if book.overflow > 0 {
+            tracing::warn!(
+                overflow = book.overflow,
+                "Claim items full: these events' re-sends will not be recognised."
+            );
+        }
+        let items = book.dirty_items();
+        if items.is_empty() {
+            return Ok(());
+        }
+        let retry = &self.settings.batch.retry;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.windows.put_claims(&items).await {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if attempt < retry.max_attempts
+                        && e.class() == shardline_core::ErrorClass::Transient =>
+                {
+                    tokio::time::sleep(retry.backoff(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -259,8 +376,20 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
                 return fail_all();
             }
         };
+        let mut book = match self.claim_book(shard, items.iter().map(|i| i.body)).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "Event-id claims read failed.");
+                return fail_all();
+            }
+        };
         let cfg = &self.settings.windows;
-        let p: Plan = plan(items, &progress, cfg);
+        let p: Plan = plan(items, &progress, &mut book, cfg);
+        // The claims first: once an effect lands, a re-send of its event must find them.
+        if let Err(e) = self.store_claims(&book).await {
+            tracing::warn!(error = %e, "Event-id claims write failed.");
+            return fail_all();
+        }
         let watermark = p.max_event_ms().map(|m| m - cfg.lateness_ms);
 
         let mut touched: BTreeMap<WindowId, KeyKind> = BTreeMap::new();

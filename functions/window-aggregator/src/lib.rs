@@ -10,6 +10,7 @@ pub use handler::{Aggregator, AggregatorSettings, FUNCTION, Report, Stores};
 
 use shardline_aws::SqsQuarantine;
 use shardline_aws::dynamo::{DynamoAlertSink, DynamoWindowStore};
+use shardline_aws::lineage::KinesisShardParents;
 
 /// The aggregator as deployed: DynamoDB windows and alerts, the SQS quarantine.
 pub type DeployedAggregator = Aggregator<DynamoWindowStore, DynamoAlertSink, SqsQuarantine>;
@@ -20,7 +21,7 @@ pub fn deployed(cfg: &Config, sdk: &aws_config::SdkConfig) -> DeployedAggregator
     let ddb = aws_sdk_dynamodb::Client::new(sdk);
     let mut settings = AggregatorSettings::default();
     cfg.apply(&mut settings);
-    Aggregator::new(
+    let aggregator = Aggregator::new(
         Stores {
             windows: DynamoWindowStore::new(ddb.clone(), &cfg.windows_table),
             alerts: DynamoAlertSink::new(ddb, &cfg.alerts_table),
@@ -30,5 +31,12 @@ pub fn deployed(cfg: &Config, sdk: &aws_config::SdkConfig) -> DeployedAggregator
             ),
         },
         settings,
-    )
+    );
+    match &cfg.input_stream {
+        Some(stream) => aggregator.with_parents(std::sync::Arc::new(KinesisShardParents::new(
+            aws_sdk_kinesis::Client::new(sdk),
+            stream,
+        ))),
+        None => aggregator,
+    }
 }

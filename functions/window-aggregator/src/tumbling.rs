@@ -23,6 +23,8 @@ use aws_lambda_events::time_window::TimeWindowProperties;
 use serde::{Deserialize, Serialize};
 use shardline_aws::kinesis::decode_event_json;
 use shardline_core::ports::{AlertSink, Put, Quarantine, WindowStore};
+use shardline_core::window::claims::Verdict;
+use shardline_core::window::hll::stable_hash;
 use shardline_core::window::{KeyKind, Metrics, WindowConfig, WindowId, WindowPartial, key_of};
 use shardline_core::{Txn, seq::RecordPos};
 use tokio::time::Instant;
@@ -116,9 +118,24 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             .filter_map(|r| r.body.as_ref().ok().map(|t| (&r.meta.pos, t)))
             .collect();
         items.sort_by(|a, b| a.0.cmp(b.0));
+        // A producer's re-send of an event counted earlier, in this window or any other,
+        // on this shard or an ancestor, is claimed by the original: it is skipped.
+        let mut book = match self.claim_book(&shard, items.iter().map(|(_, t)| *t)).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "Event-id claims read failed.");
+                None
+            }
+        };
+        let mut failed = book.is_none();
         for (pos, t) in items {
             let padded = pos.to_padded();
             if !state.applied.is_empty() && padded <= state.applied {
+                continue;
+            }
+            let Some(book) = book.as_mut() else { break };
+            if book.check(t.event_time_ms, stable_hash(&t.event_id), pos) == Verdict::Duplicate {
+                state.applied = padded;
                 continue;
             }
             for kind in [KeyKind::Merchant, KeyKind::Global] {
@@ -131,10 +148,16 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             state.applied = padded;
         }
 
-        let mut failed = false;
+        // The claims before the state that holds their effects is returned.
+        if let Some(book) = &book
+            && let Err(e) = self.store_claims(book).await
+        {
+            tracing::warn!(error = %e, "Event-id claims write failed.");
+            failed = true;
+        }
         let encoded = serde_json::to_string(&state).unwrap_or_default();
         let must_flush = props.is_final_invoke_for_window || encoded.len() > max_state;
-        if must_flush && !state.keys.is_empty() {
+        if !failed && must_flush && !state.keys.is_empty() {
             match self
                 .spill(
                     &shard,

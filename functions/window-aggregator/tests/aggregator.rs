@@ -188,6 +188,12 @@ fn one_write_per_key_and_window_whatever_the_record_count() {
         assert_eq!(puts as usize, distinct.len(), "n={n}");
         assert_eq!(report.partial_writes, distinct.len());
         assert_eq!(progress_writes, 1, "one progress write per shard per batch");
+        let (claim_reads, _, _, claim_writes) = world.windows.claim_calls.snapshot();
+        assert_eq!(
+            (claim_reads, claim_writes),
+            (1, 1),
+            "event-id claims: one BatchGetItem and one BatchWriteItem per batch"
+        );
         assert!(report.response.batch_item_failures.is_empty());
     }
 }

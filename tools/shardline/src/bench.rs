@@ -215,7 +215,12 @@ pub fn preaggregate(records: &[InRecord<Txn>]) -> usize {
         })
         .collect();
     let cfg = WindowConfig::default();
-    let p = plan(&items, &Default::default(), &cfg);
+    let p = plan(
+        &items,
+        &Default::default(),
+        &mut shardline_core::window::claims::ClaimBook::new("bench", []),
+        &cfg,
+    );
     let mut n = 0;
     for (w, (kind, ix)) in &p.on_time {
         let mut part = WindowPartial::new(w.clone(), "s", &cfg);

@@ -9,6 +9,7 @@
 //! write per shard per batch. Readers merge partials, and the sliding 15-minute window is
 //! merged from 1-minute panes at read time.
 
+pub mod claims;
 pub mod hll;
 pub mod rules;
 pub mod view;
@@ -324,21 +325,6 @@ pub struct ShardProgress {
     pub max_event_ms: Option<i64>,
     /// Padded position of the last record whose effects are all durable.
     pub applied: String,
-    /// Hashes of the latest event ids applied (little-endian u64s, at most
-    /// [`RECENT_IDS`]): a producer's duplicate send (same event, new sequence number)
-    /// within that distance is counted once.
-    #[serde(with = "serde_bytes", default)]
-    pub recent: Vec<u8>,
-}
-
-/// Event ids a shard remembers to drop producer duplicates (16 KiB in the item).
-pub const RECENT_IDS: usize = 2048;
-
-fn ring_of(bytes: &[u8]) -> std::collections::VecDeque<u64> {
-    bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
-        .collect()
 }
 
 /// A record that arrived after one of its windows was final.
@@ -391,7 +377,7 @@ pub struct Plan {
     pub late_in: BTreeMap<WindowId, (KeyKind, Vec<usize>)>,
     /// Late records, for the side output.
     pub late: Vec<Late>,
-    /// Records skipped as producer duplicates (an event id the shard applied recently).
+    /// Records skipped as producer duplicates (an event another record claimed).
     pub duplicates: Vec<usize>,
     /// The stored progress the plan started from.
     start: ShardProgress,
@@ -400,7 +386,6 @@ pub struct Plan {
     /// The record whose position is the shard's `applied` once records `..=i` are
     /// applied (`None`: still the stored one).
     applied_after: Vec<Option<usize>>,
-    new_ids: Vec<(usize, u64)>,
 }
 
 impl Plan {
@@ -419,17 +404,9 @@ impl Plan {
             Some(i) => items.get(i)?.meta.pos.to_padded(),
             None => self.start.applied.clone(),
         };
-        let mut ring = ring_of(&self.start.recent);
-        for (_, h) in self.new_ids.iter().take_while(|(i, _)| *i < upto) {
-            ring.push_back(*h);
-        }
-        while ring.len() > RECENT_IDS {
-            ring.pop_front();
-        }
         Some(ShardProgress {
             max_event_ms,
             applied,
-            recent: ring.iter().flat_map(|h| h.to_le_bytes()).collect(),
         })
     }
 }
@@ -474,7 +451,12 @@ fn raw_key(kind: KeyKind, t: &Txn) -> &str {
 /// record meets the watermark of everything before it in the shard (the largest
 /// [`watermark_time`] minus the lateness), so the verdict (on time or late) is the same
 /// however the stream is split into batches or replayed.
-pub fn plan(items: &[Item<'_, Txn>], progress: &ShardProgress, cfg: &WindowConfig) -> Plan {
+pub fn plan(
+    items: &[Item<'_, Txn>],
+    progress: &ShardProgress,
+    claims: &mut claims::ClaimBook,
+    cfg: &WindowConfig,
+) -> Plan {
     let mut p = Plan {
         start: progress.clone(),
         max_event_after: Vec::with_capacity(items.len()),
@@ -484,8 +466,6 @@ pub fn plan(items: &[Item<'_, Txn>], progress: &ShardProgress, cfg: &WindowConfi
     let guard = Guard::new(&progress.applied);
     let mut max_event = progress.max_event_ms;
     let mut applied = None;
-    let mut ring = ring_of(&progress.recent);
-    let mut seen: std::collections::HashSet<u64> = ring.iter().copied().collect();
     // Windows are interned per batch: a key string is built once per touched window,
     // not once per record.
     let mut slots: std::collections::HashMap<Slot<'_>, usize> = std::collections::HashMap::new();
@@ -498,21 +478,13 @@ pub fn plan(items: &[Item<'_, Txn>], progress: &ShardProgress, cfg: &WindowConfi
         }
         applied = Some(i);
         let h = hll::stable_hash(&it.body.event_id);
-        if seen.contains(&h) {
+        if claims.check(it.body.event_time_ms, h, &it.meta.pos) == claims::Verdict::Duplicate {
             // A producer sent this event twice: the first copy already counted.
             p.duplicates.push(i);
             p.max_event_after.push(max_event);
             p.applied_after.push(applied);
             continue;
         }
-        seen.insert(h);
-        ring.push_back(h);
-        if ring.len() > RECENT_IDS
-            && let Some(old) = ring.pop_front()
-        {
-            seen.remove(&old);
-        }
-        p.new_ids.push((i, h));
         let watermark = max_event.map(|m| m - cfg.lateness_ms);
         let t = it.body;
         let mut missed = Vec::new();
@@ -692,7 +664,12 @@ mod tests {
             .zip(&evs)
             .map(|(meta, body)| Item { meta, body })
             .collect();
-        let p = plan(&items, &ShardProgress::default(), &cfg);
+        let p = plan(
+            &items,
+            &ShardProgress::default(),
+            &mut claims::ClaimBook::new("s", []),
+            &cfg,
+        );
         assert_eq!(p.late.len(), 2);
         assert_eq!(p.late[0].index, 2);
         assert_eq!(
@@ -733,13 +710,24 @@ mod tests {
             .zip(&evs)
             .map(|(meta, body)| Item { meta, body })
             .collect();
-        let p = plan(&items, &ShardProgress::default(), &cfg);
+        let p = plan(
+            &items,
+            &ShardProgress::default(),
+            &mut claims::ClaimBook::new("s", []),
+            &cfg,
+        );
         assert!(p.late.is_empty(), "{:?}", p.late);
         // The future-stamped record still counts in its own windows.
         assert!(p.on_time.keys().any(|w| w.start_ms > now));
         // Any split gives the same verdict: the watermark is stored with the progress.
-        let first = plan(&items[..1], &ShardProgress::default(), &cfg);
-        let rest = plan(&items, &first.progress_at(&items, 1).unwrap(), &cfg);
+        let mut book = claims::ClaimBook::new("s", []);
+        let first = plan(&items[..1], &ShardProgress::default(), &mut book, &cfg);
+        let rest = plan(
+            &items,
+            &first.progress_at(&items, 1).unwrap(),
+            &mut book,
+            &cfg,
+        );
         assert!(rest.late.is_empty(), "{:?}", rest.late);
         assert_eq!(rest.progress_at(&items, 3), p.progress_at(&items, 3));
     }
@@ -758,7 +746,12 @@ mod tests {
             .zip(&evs)
             .map(|(meta, body)| Item { meta, body })
             .collect();
-        let p = plan(&items, &ShardProgress::default(), &cfg);
+        let p = plan(
+            &items,
+            &ShardProgress::default(),
+            &mut claims::ClaimBook::new("s", []),
+            &cfg,
+        );
         assert_eq!(p.late.len(), 1);
         assert_eq!(p.late[0].watermark_ms, 28 * MINUTE_MS);
     }
@@ -775,9 +768,20 @@ mod tests {
             .zip(&evs)
             .map(|(meta, body)| Item { meta, body })
             .collect();
-        let full = plan(&items, &ShardProgress::default(), &cfg);
-        let first = plan(&items[..3], &ShardProgress::default(), &cfg);
-        let rest = plan(&items, &first.progress_at(&items, 3).unwrap(), &cfg);
+        let full = plan(
+            &items,
+            &ShardProgress::default(),
+            &mut claims::ClaimBook::new("s", []),
+            &cfg,
+        );
+        let mut book = claims::ClaimBook::new("s", []);
+        let first = plan(&items[..3], &ShardProgress::default(), &mut book, &cfg);
+        let rest = plan(
+            &items,
+            &first.progress_at(&items, 3).unwrap(),
+            &mut book,
+            &cfg,
+        );
         let count = |p: &Plan| p.on_time.values().map(|(_, v)| v.len()).sum::<usize>();
         assert_eq!(count(&first) + count(&rest), count(&full));
         assert_eq!(rest.progress_at(&items, 6), full.progress_at(&items, 6));
