@@ -125,6 +125,12 @@ async fn sqs_quarantine_writes_every_entry_with_its_reason() {
         .to_owned();
     let entries: Vec<QuarantineEntry> = (0..23)
         .map(|i| QuarantineEntry {
+            id: QuarantineEntry::id_for(
+                "fraud-scorer",
+                "shardId-000000000000",
+                &format!("4959{i:030}"),
+                0,
+            ),
             function: "fraud-scorer".into(),
             shard_id: "shardId-000000000000".into(),
             sequence_number: format!("4959{i:030}"),
@@ -134,6 +140,10 @@ async fn sqs_quarantine_writes_every_entry_with_its_reason() {
             reason: PoisonReason::InvalidCoordinates,
             reason_text: PoisonReason::InvalidCoordinates.to_string(),
             data_base64: String::new(),
+            data_size: 0,
+            data_sha256_base64: String::new(),
+            data_truncated: false,
+            data_redacted: false,
         })
         .collect();
     SqsQuarantine::new(sqs.clone(), &url)

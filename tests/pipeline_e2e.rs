@@ -229,7 +229,10 @@ async fn pipeline_survives_reshard_restart_duplicates_and_poison() {
     }
     let poison: Vec<&GenRecord> = g.records.iter().filter(|r| r.txn.is_none()).collect();
     for r in &poison {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&r.data);
+        // The quarantine keeps the payload with anything that reads as a card number
+        // redacted (a hex card token can hold such a digit run).
+        let b64 = base64::engine::general_purpose::STANDARD
+            .encode(shardline_core::event::redact_pans_bytes(&r.data));
         let e = entries
             .iter()
             .find(|e| e.data_base64 == b64)

@@ -124,7 +124,7 @@ impl Decoder<'_> {
                     lane_key: None,
                     arrival_ms,
                 },
-                body: Err(Poison::new(PoisonReason::BadBase64, &[])),
+                body: Err(Poison::without_payload(PoisonReason::BadBase64)),
             }),
         }
         Ok(())
@@ -278,6 +278,31 @@ mod tests {
         assert!(
             matches!(&recs[0].body, Err(p) if matches!(&p.reason, PoisonReason::Kpl(m) if m.starts_with("truncated")))
         );
+    }
+
+    #[test]
+    fn an_aggregate_over_the_limits_is_one_bounded_poison_record() {
+        use shardline_core::kpl::{MAX_USER_RECORDS, UserRecord, aggregate};
+        let users: Vec<UserRecord> = (0..=MAX_USER_RECORDS)
+            .map(|i| UserRecord {
+                partition_key: format!("k{}", i % 3),
+                data: vec![b'x'; 1 + i % 2],
+            })
+            .collect();
+        let data = aggregate(&users);
+        let ev = serde_json::json!({"Records":[{"eventID":"shardId-000000000001:9","kinesis":{
+            "data": base64::engine::general_purpose::STANDARD.encode(&data),
+            "partitionKey":"outer","sequenceNumber":"9","approximateArrivalTimestamp":1.0}}]});
+        let recs = decode_event_json(ev.to_string().as_bytes(), &DecodeLimits::default()).unwrap();
+        assert_eq!(recs.len(), 1);
+        let p = recs[0].body.as_ref().unwrap_err();
+        assert!(
+            matches!(&p.reason, PoisonReason::KplOverLimit { what, limit: 5000, .. } if what == "user records"),
+            "{:?}",
+            p.reason
+        );
+        assert_eq!(p.payload.size, data.len());
+        assert!(p.payload.prefix.len() <= shardline_core::record::EXCERPT_BYTES);
     }
 
     #[test]

@@ -375,7 +375,7 @@ impl<Q: Quarantine> BatchProcessor<Q> {
                     };
                     report
                         .poisoned
-                        .push((items[0].meta.clone(), Poison::new(reason, &[])));
+                        .push((items[0].meta.clone(), Poison::without_payload(reason)));
                     items.remove(0);
                     attempts = 0;
                 }
@@ -460,23 +460,7 @@ impl<Q: Quarantine> BatchProcessor<Q> {
     }
 
     fn entry(&self, m: &RecordMeta, p: Poison) -> QuarantineEntry {
-        use base64::Engine as _;
-        QuarantineEntry {
-            function: self.cfg.function.clone(),
-            shard_id: m.shard_id.to_string(),
-            sequence_number: m.pos.seq.to_string(),
-            sub_sequence_number: m.pos.sub,
-            // A producer that keys by card number must not have it copied into the queue.
-            partition_key: if crate::event::looks_like_pan(&m.partition_key) {
-                "[redacted]".to_owned()
-            } else {
-                m.partition_key.clone()
-            },
-            arrival_ms: m.arrival_ms,
-            reason_text: p.reason.to_string(),
-            reason: p.reason,
-            data_base64: base64::engine::general_purpose::STANDARD.encode(&p.data),
-        }
+        QuarantineEntry::from_poison(&self.cfg.function, m, p)
     }
 }
 
@@ -542,6 +526,212 @@ mod tests {
             },
             ..BatchConfig::new("test-fn")
         }
+    }
+
+    const ARRIVAL: i64 = 1_764_140_400_000; // 2025-11-26T07:00:00Z
+
+    /// A `txn.v1` JSON object with `card` as the token and `extra` spliced in before the
+    /// closing brace.
+    fn txn_json(schema: &str, card: &str, extra: &str) -> String {
+        format!(
+            r#"{{"schema":"{schema}","event_id":"evt-1","card_token":"{card}","merchant_id":"m-1","mcc":"5411","amount_minor":1299,"currency":"EUR","event_time":"2025-11-26T06:59:58.250Z","location":{{"lat":48.85,"lon":2.35,"country":"FR"}},"channel":"pos","auth_result":"approved"{extra}}}"#
+        )
+    }
+
+    fn decoded(payload: &[u8], key: &str, n: u64) -> InRecord<crate::event::Txn> {
+        let mut out = Vec::new();
+        crate::record::decode_record_data(
+            crate::record::RawRecordMeta {
+                shard_id: Arc::from("shardId-000000000000"),
+                seq: SeqNo::parse(&seq(n)).unwrap(),
+                partition_key: key,
+                arrival_ms: ARRIVAL,
+            },
+            payload,
+            &crate::event::DecodeLimits::default(),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        out.pop().unwrap()
+    }
+
+    async fn quarantined<T: Sync>(records: &[InRecord<T>]) -> Vec<QuarantineEntry> {
+        let p = BatchProcessor::new(fast(), VecQuarantine::default());
+        let out = p.quarantine_only(records, Vec::new(), None, None).await;
+        assert_eq!(out.quarantined, records.len());
+        assert!(out.lowest_failure.is_none());
+        p.quarantine.entries.into_inner().unwrap()
+    }
+
+    fn prefix_of(e: &QuarantineEntry) -> Vec<u8> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(&e.data_base64)
+            .unwrap()
+    }
+
+    /// Longest run of digits, spaces and dashes between digits ignored.
+    fn longest_digit_run(s: &str) -> usize {
+        let (mut best, mut cur) = (0, 0);
+        let b = s.as_bytes();
+        for (i, &c) in b.iter().enumerate() {
+            if c.is_ascii_digit() {
+                cur += 1;
+                best = best.max(cur);
+            } else if !(matches!(c, b' ' | b'-')
+                && cur > 0
+                && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+            {
+                cur = 0;
+            }
+        }
+        best
+    }
+
+    #[tokio::test]
+    async fn a_one_mib_poison_record_is_quarantined_with_a_bounded_excerpt() {
+        let mut payload = txn_json("txn.v1", "tok_a", r#","pad":""#).into_bytes();
+        payload.resize(1024 * 1024 - 2, b'a');
+        payload.extend_from_slice(b"\"}");
+        let records = vec![decoded(&payload, "tok_a", 1)];
+        assert!(matches!(
+            records[0].body.as_ref().unwrap_err().reason,
+            PoisonReason::TooLarge { .. }
+        ));
+        let q = quarantined(&records).await;
+        let json = serde_json::to_string(&q[0]).unwrap();
+        assert!(json.len() <= 16 * 1024, "entry is {} bytes", json.len());
+        let prefix = prefix_of(&q[0]);
+        assert!(
+            !prefix.is_empty() && prefix.len() <= 4096,
+            "{}",
+            prefix.len()
+        );
+        assert!(payload.starts_with(&prefix));
+        // What identifies the whole record is kept: its size and digest.
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        assert_eq!(q[0].data_size, 1024 * 1024);
+        assert_eq!(
+            q[0].data_sha256_base64,
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&payload))
+        );
+        assert!(q[0].data_truncated && !q[0].data_redacted);
+        assert!(
+            q[0].reason_text.contains("1048576 bytes"),
+            "{}",
+            q[0].reason_text
+        );
+    }
+
+    #[tokio::test]
+    async fn no_card_number_reaches_the_quarantine_whatever_the_reason() {
+        let pan = "4111111111111111";
+        let mut oversize = txn_json(
+            "txn.v1",
+            "tok_a",
+            r#","note":"4111-1111-1111-1111","pad":""#,
+        )
+        .into_bytes();
+        oversize.resize(20_000, b'a');
+        oversize.extend_from_slice(format!(" {pan}\"}}").as_bytes());
+        // A card number across the 4 KiB cut.
+        let mut split = vec![b'x'; 4090];
+        split.extend_from_slice(pan.as_bytes());
+        split.resize(20_000, b' ');
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "bad JSON",
+                br#"{"schema":"txn.v1","note":"4111 1111 1111 1111","#.to_vec(),
+                "tok_a",
+            ),
+            (
+                "unknown schema",
+                txn_json("txn.v9", pan, "").into_bytes(),
+                "tok_a",
+            ),
+            ("over the cap", oversize, "tok_a"),
+            (
+                "missing event id",
+                txn_json("txn.v1", pan, "")
+                    .replace(r#""event_id":"evt-1","#, "")
+                    .into_bytes(),
+                "tok_a",
+            ),
+            ("split at the cut", split, "tok_a"),
+            (
+                "card number in the partition key",
+                txn_json("txn.v1", "tok_a", "")
+                    .replace("48.85", "148.85")
+                    .into_bytes(),
+                "card 4111 1111 1111 1111",
+            ),
+        ];
+        for (i, (what, payload, key)) in cases.into_iter().enumerate() {
+            let records = vec![decoded(&payload, key, i as u64)];
+            let q = quarantined(&records).await;
+            let e = &q[0];
+            let prefix = String::from_utf8_lossy(&prefix_of(e)).into_owned();
+            let reason_json = serde_json::to_string(&e.reason).unwrap();
+            for (field, text) in [
+                ("payload", &prefix),
+                ("partition key", &e.partition_key),
+                ("reason text", &e.reason_text),
+                ("reason", &reason_json),
+            ] {
+                assert!(
+                    !crate::event::tests::has_pan_candidate(text),
+                    "{what}: {field} leaks a card number: {text}"
+                );
+                assert!(
+                    longest_digit_run(text) < 13,
+                    "{what}: {field} keeps part of a card number: {text}"
+                );
+            }
+            // Redacted, not withheld: the rest of the record is still there to read.
+            if what == "card number in the partition key" {
+                assert!(
+                    e.partition_key.contains("[PAN redacted]"),
+                    "{}",
+                    e.partition_key
+                );
+                assert!(
+                    prefix.contains("\"merchant_id\":\"m-1\""),
+                    "{what}: {prefix}"
+                );
+            } else if what == "split at the cut" {
+                assert!(prefix.starts_with("xxxx"), "{what}: {prefix}");
+            } else {
+                assert!(prefix.contains("[PAN redacted]"), "{what}: {prefix}");
+                assert!(e.data_redacted, "{what}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_carry_a_stable_id() {
+        let mut records = vec![
+            rec(2, "a", Err(PoisonReason::InvalidCoordinates)),
+            rec(3, "b", Err(PoisonReason::InvalidCoordinates)),
+        ];
+        records[1].meta.pos.sub = 7;
+        let first = quarantined(&records).await;
+        let again = quarantined(&records).await;
+        let ids: Vec<serde_json::Value> = first
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap()["id"].clone())
+            .collect();
+        assert_eq!(
+            ids,
+            vec![
+                serde_json::Value::from(format!("test-fn/shardId-000000000000/{}/0", seq(2))),
+                serde_json::Value::from(format!("test-fn/shardId-000000000000/{}/7", seq(3))),
+            ]
+        );
+        assert_eq!(
+            first, again,
+            "a replay quarantines the same entries, ids included"
+        );
     }
 
     #[tokio::test]

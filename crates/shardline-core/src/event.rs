@@ -204,9 +204,132 @@ pub enum PoisonReason {
         /// The watermark it met, epoch ms.
         watermark_ms: i64,
     },
-    /// A KPL aggregated record could not be de-aggregated.
+    /// A KPL aggregated record could not be de-aggregated. In JSON
+    /// `{"kind":"kpl","message":...}`: an internally tagged enum cannot hold a bare
+    /// string, and serde refused to serialise the reason (the quarantine write failed).
     #[error("KPL aggregate: {0}")]
+    #[serde(
+        serialize_with = "kpl_message::serialize",
+        deserialize_with = "kpl_message::deserialize"
+    )]
     Kpl(String),
+    /// A KPL aggregate is over one of the bounds de-aggregation holds it to (user
+    /// records, partition keys, key length): the whole aggregate is this one record.
+    #[error("KPL aggregate has {found} {what}, over the limit of {limit}")]
+    KplOverLimit {
+        /// What is counted (`user records`, `partition keys`, ...).
+        what: String,
+        /// How many the aggregate has.
+        found: u64,
+        /// The bound.
+        limit: u64,
+    },
+    /// `currency` is three upper-case letters but not an active ISO 4217 code.
+    #[error("unknown currency {currency:?}: not an active ISO 4217 code")]
+    UnknownCurrency {
+        /// The code given.
+        currency: String,
+    },
+}
+
+/// Longest text a reason keeps from the input, per field.
+const REASON_TEXT_CHARS: usize = 256;
+
+/// [`PoisonReason::Kpl`]'s message as a `{"message": ...}` object, which an internally
+/// tagged enum can carry beside its `kind`.
+mod kpl_message {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize)]
+    struct Out<'a> {
+        message: &'a str,
+    }
+
+    #[derive(Deserialize)]
+    struct In {
+        message: String,
+    }
+
+    #[allow(clippy::ptr_arg)] // serde hands over the variant's field as declared
+    pub(super) fn serialize<S: Serializer>(message: &String, s: S) -> Result<S::Ok, S::Error> {
+        Out { message }.serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        In::deserialize(d).map(|w| w.message)
+    }
+}
+
+impl PoisonReason {
+    /// The reason with every text it copied from the input redacted of card numbers and
+    /// cut to a bounded length, and every input number that would read as a card number
+    /// withheld. Quarantine entries, logs and metrics only ever see this form.
+    #[must_use]
+    pub fn redacted(self) -> Self {
+        use PoisonReason as R;
+        let text = |s: String| bounded_text(&s, REASON_TEXT_CHARS);
+        let withheld = |field: &str, why: &str| R::InvalidField {
+            field: field.to_owned(),
+            why: format!("{why} (the value is withheld: it reads as a card number)"),
+        };
+        match self {
+            R::BadJson { message } => R::BadJson {
+                message: text(message),
+            },
+            R::UnknownSchema { found } => R::UnknownSchema {
+                found: bounded_text(&found, 64),
+            },
+            R::MissingField { field } => R::MissingField { field: text(field) },
+            R::InvalidField { field, why } => R::InvalidField {
+                field: text(field),
+                why: text(why),
+            },
+            R::UnknownCurrency { currency } => R::UnknownCurrency {
+                currency: text(currency),
+            },
+            R::Kpl(message) => R::Kpl(text(message)),
+            R::KplOverLimit { what, found, limit } => R::KplOverLimit {
+                what: text(what),
+                found,
+                limit,
+            },
+            // Window starts are computed here (multiples of the width), not copied from
+            // the input; only the keys are.
+            R::LateEvent {
+                windows,
+                watermark_ms,
+            } => R::LateEvent {
+                windows: truncate(
+                    &windows
+                        .split(',')
+                        .map(|w| match w.rsplit_once('@') {
+                            Some((key, start)) => format!("{}@{start}", redact_pans_str(key)),
+                            None => redact_pans_str(w).into_owned(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    4 * REASON_TEXT_CHARS,
+                ),
+                watermark_ms,
+            },
+            R::NegativeAmount { amount_minor } if number_may_hold_pan(amount_minor) => {
+                withheld("amount_minor", "negative")
+            }
+            R::AbsurdAmount { amount_minor, max } if number_may_hold_pan(amount_minor) => {
+                withheld("amount_minor", &format!("over the {max} cap"))
+            }
+            R::FutureEventTime { ahead_ms } if number_may_hold_pan(ahead_ms) => {
+                withheld("event_time", "ahead of the record's arrival")
+            }
+            other => other,
+        }
+    }
+
+    /// True for the reasons that mean a field holds a card number: the payload is then
+    /// withheld from the quarantine entirely, not just redacted.
+    pub fn withholds_payload(&self) -> bool {
+        matches!(self, Self::ClearCardNumber)
+    }
 }
 
 /// Limits applied by [`decode_txn`].
@@ -303,22 +426,31 @@ fn upper_code(field: &str, v: Option<Cow<'_, str>>, len: usize) -> Result<String
     Ok(v.into_owned())
 }
 
+/// How many digits a card number has (ISO/IEC 7812 PANs in use: 12 to 19).
+pub const PAN_DIGITS: std::ops::RangeInclusive<usize> = 12..=19;
+
+/// What a redacted card number is replaced by in quarantined bytes and reason texts.
+pub const PAN_MARKER: &str = "[PAN redacted]";
+
 /// True when `s` is 12 to 19 digits passing the Luhn check: a card number in clear.
 pub fn looks_like_pan(s: &str) -> bool {
-    let digits: Vec<u32> = s
+    let digits: Vec<u8> = s
         .chars()
         .filter(|c| !matches!(c, ' ' | '-'))
-        .map(|c| c.to_digit(10))
+        .map(|c| c.to_digit(10).map(|d| d as u8))
         .collect::<Option<_>>()
         .unwrap_or_default();
-    if !(12..=19).contains(&digits.len()) {
-        return false;
-    }
+    PAN_DIGITS.contains(&digits.len()) && luhn_ok(&digits)
+}
+
+/// The Luhn check over digit values (0-9).
+fn luhn_ok(digits: &[u8]) -> bool {
     let sum: u32 = digits
         .iter()
         .rev()
         .enumerate()
         .map(|(i, &d)| {
+            let d = u32::from(d);
             if i % 2 == 1 {
                 let x = d * 2;
                 if x > 9 { x - 9 } else { x }
@@ -328,6 +460,161 @@ pub fn looks_like_pan(s: &str) -> bool {
         })
         .sum();
     sum % 10 == 0
+}
+
+/// One piece of [`redact_pans`]'s output, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Bytes whose digit runs are too short to be a card number.
+    Text(&'a [u8]),
+    /// A run of 12 to 19 digits (with the spaces and dashes between them) that passed:
+    /// keep it whole or not at all, so that a cut never leaves a piece of a number.
+    Digits(&'a [u8]),
+    /// A run that may hold a card number, replaced by [`PAN_MARKER`].
+    Redacted,
+}
+
+/// True when a run of digit values may hold a card number: longer than any PAN, or any
+/// stretch of 12 to 19 of its digits passes the Luhn check. Checking every stretch, not
+/// only the whole run, catches a card number glued to other digits (an EMV TLV
+/// `5A08<PAN>`, a length prefix), at the price of redacting some other numbers too.
+fn run_may_hold_pan(d: &[u8]) -> bool {
+    if d.len() > *PAN_DIGITS.end() {
+        return true;
+    }
+    (0..d.len()).any(|start| {
+        PAN_DIGITS
+            .clone()
+            .take_while(|len| start + len <= d.len())
+            .any(|len| luhn_ok(&d[start..start + len]))
+    })
+}
+
+/// Finds every run of digits in `data` (digits joined by spaces or dashes count as one
+/// run, as card numbers are written "4111 1111 1111 1111" or "4111-1111-...") and hands
+/// `emit` the bytes in order, runs that may hold a card number replaced by
+/// [`Piece::Redacted`]. One pass, no allocation. Returns true when something was redacted.
+pub fn redact_pans(data: &[u8], mut emit: impl FnMut(Piece<'_>)) -> bool {
+    let mut redacted = false;
+    let mut text_start = 0;
+    let mut i = 0;
+    while i < data.len() {
+        if !data[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        // At most 20 digit values are kept: a 20th means "longer than any PAN".
+        let mut digits = [0u8; 20];
+        let mut n = 0usize;
+        let mut end = i;
+        let mut j = i;
+        while j < data.len() {
+            let c = data[j];
+            if c.is_ascii_digit() {
+                if n < digits.len() {
+                    digits[n] = c - b'0';
+                }
+                n += 1;
+                j += 1;
+                end = j;
+            } else if matches!(c, b' ' | b'-') {
+                let mut k = j;
+                while k < data.len() && matches!(data[k], b' ' | b'-') {
+                    k += 1;
+                }
+                if k < data.len() && data[k].is_ascii_digit() {
+                    j = k;
+                } else {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        if n >= *PAN_DIGITS.start() {
+            if text_start < start {
+                emit(Piece::Text(&data[text_start..start]));
+            }
+            if run_may_hold_pan(&digits[..n.min(digits.len())]) {
+                emit(Piece::Redacted);
+                redacted = true;
+            } else {
+                emit(Piece::Digits(&data[start..end]));
+            }
+            text_start = end;
+        }
+        // A shorter run stays in the text: no part of it can be a card number.
+        i = end;
+    }
+    if text_start < data.len() {
+        emit(Piece::Text(&data[text_start..]));
+    }
+    redacted
+}
+
+/// `data` with every run that may hold a card number replaced by [`PAN_MARKER`]
+/// (borrowed when nothing was redacted).
+pub fn redact_pans_bytes(data: &[u8]) -> Cow<'_, [u8]> {
+    let mut out = Vec::new();
+    let redacted = redact_pans(data, |p| match p {
+        Piece::Text(b) | Piece::Digits(b) => out.extend_from_slice(b),
+        Piece::Redacted => out.extend_from_slice(PAN_MARKER.as_bytes()),
+    });
+    if redacted {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(data)
+    }
+}
+
+/// `s` with every run that may hold a card number replaced by [`PAN_MARKER`].
+pub fn redact_pans_str(s: &str) -> Cow<'_, str> {
+    match redact_pans_bytes(s.as_bytes()) {
+        Cow::Borrowed(_) => Cow::Borrowed(s),
+        // Runs start and end at ASCII digits, so the pieces around them stay UTF-8.
+        Cow::Owned(v) => Cow::Owned(String::from_utf8_lossy(&v).into_owned()),
+    }
+}
+
+/// Redacts then truncates to `max_chars`: redacting first means a cut never leaves part
+/// of a card number behind.
+fn bounded_text(s: &str, max_chars: usize) -> String {
+    truncate(&redact_pans_str(s), max_chars)
+}
+
+/// True when the decimal form of a number from the input may hold a card number.
+fn number_may_hold_pan(n: i64) -> bool {
+    redact_pans_str(&n.to_string()).contains(PAN_MARKER)
+}
+
+/// The active ISO 4217 alphabetic codes (List One, the currency and funds codes, as
+/// published by SIX, the maintenance agency, on 2026-01-01:
+/// <https://www.six-group.com/en/products-services/financial-information/data-standards.html#scrollTo=iso-4217>),
+/// sorted for binary search. Withdrawn codes (BGN, HRK, ANG, CUC, SLL, ZWL, ...) are
+/// not in it. Besides catching producer bugs, the list bounds the per-currency map a
+/// window item keeps (every three upper-case letters would be 17,576 entries, past
+/// DynamoDB's 400 KB item limit).
+pub const ISO_4217_CODES: [&str; 178] = [
+    "AED", "AFN", "ALL", "AMD", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT", "BHD",
+    "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD", "CAD", "CDF",
+    "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUP", "CVE", "CZK", "DJF",
+    "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP", "GEL", "GHS", "GIP",
+    "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS", "INR", "IQD", "IRR",
+    "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW", "KWD", "KYD", "KZT",
+    "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD", "MMK", "MNT", "MOP",
+    "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN", "NIO", "NOK", "NPR",
+    "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR", "RON", "RSD", "RUB",
+    "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SOS", "SRD", "SSP", "STN",
+    "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY", "TTD", "TWD", "TZS", "UAH",
+    "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED", "VES", "VND", "VUV", "WST", "XAD",
+    "XAF", "XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XCD", "XCG", "XDR", "XOF", "XPD", "XPF",
+    "XPT", "XSU", "XTS", "XUA", "XXX", "YER", "ZAR", "ZMW", "ZWG",
+];
+
+/// True when `code` is an active ISO 4217 alphabetic code.
+pub fn is_iso_4217(code: &str) -> bool {
+    ISO_4217_CODES.binary_search(&code).is_ok()
 }
 
 fn parse_event_time(v: Option<Cow<'_, str>>) -> Result<i64, PoisonReason> {
@@ -346,19 +633,29 @@ pub fn decode_txn(
     arrival_ms: i64,
     limits: &DecodeLimits,
 ) -> Result<Txn, PoisonReason> {
+    decode_unredacted(payload, arrival_ms, limits).map_err(PoisonReason::redacted)
+}
+
+fn decode_unredacted(
+    payload: &[u8],
+    arrival_ms: i64,
+    limits: &DecodeLimits,
+) -> Result<Txn, PoisonReason> {
     if payload.len() > limits.max_payload_bytes {
         return Err(PoisonReason::TooLarge {
             size: payload.len(),
             cap: limits.max_payload_bytes,
         });
     }
+    // Texts copied from the input are redacted before they are cut (a cut first could
+    // leave part of a card number that no longer reads as one).
     let w: WireIn<'_> = serde_json::from_slice(payload).map_err(|e| PoisonReason::BadJson {
-        message: truncate(&e.to_string(), 200),
+        message: bounded_text(&e.to_string(), 200),
     })?;
     let schema = w.schema.ok_or_else(|| missing("schema"))?;
     if schema != SCHEMA_V1 {
         return Err(PoisonReason::UnknownSchema {
-            found: truncate(&schema, 64),
+            found: bounded_text(&schema, 64),
         });
     }
     let event_id = non_empty_id("event_id", w.event_id)?;
@@ -385,6 +682,9 @@ pub fn decode_txn(
         });
     }
     let currency = upper_code("currency", w.currency, 3)?;
+    if !is_iso_4217(&currency) {
+        return Err(PoisonReason::UnknownCurrency { currency });
+    }
     let event_time_ms = parse_event_time(w.event_time)?;
     let ahead_ms = event_time_ms.saturating_sub(arrival_ms);
     if ahead_ms > limits.max_future_skew_ms {
@@ -414,7 +714,7 @@ pub fn decode_txn(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -547,6 +847,208 @@ mod tests {
         assert!(!reason.contains("4111"), "{reason}");
     }
 
+    /// An independent check: any run of 13 to 19 digits (spaces and dashes between digits
+    /// ignored) anywhere in `s`, at any offset, that passes the Luhn check.
+    pub(crate) fn has_pan_candidate(s: &str) -> bool {
+        let b = s.as_bytes();
+        let mut digits = Vec::new();
+        let mut i = 0;
+        while i <= b.len() {
+            let c = b.get(i).copied();
+            match c {
+                Some(d) if d.is_ascii_digit() => digits.push(u32::from(d - b'0')),
+                Some(b' ' | b'-') if !digits.is_empty() => {}
+                _ => {
+                    for start in 0..digits.len() {
+                        for len in 13..=19 {
+                            if start + len <= digits.len() {
+                                let run: String = digits[start..start + len]
+                                    .iter()
+                                    .map(|d| char::from_digit(*d, 10).unwrap())
+                                    .collect();
+                                if looks_like_pan(&run) {
+                                    return true;
+                                }
+                            }
+                        }
+                    }
+                    digits.clear();
+                }
+            }
+            i += 1;
+        }
+        false
+    }
+
+    #[test]
+    fn unknown_currency_is_poison() {
+        let mut v = good();
+        for code in ["XQZ", "AAA", "HRK", "ZWL"] {
+            v["currency"] = code.into();
+            let r = decode(&v).unwrap_err();
+            assert!(r.to_string().contains("unknown currency"), "{code}: {r}");
+        }
+        for code in [
+            "USD", "EUR", "JPY", "GBP", "CHF", "XCG", "ZWG", "SLE", "VED",
+        ] {
+            v["currency"] = code.into();
+            assert!(decode(&v).is_ok(), "{code} is an active ISO 4217 code");
+        }
+    }
+
+    #[test]
+    fn reasons_never_echo_a_card_number_whatever_the_check() {
+        let pan = "4111111111111111";
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        // Wrong JSON type: serde_json's message quotes the value.
+        let mut v = good();
+        v["amount_minor"] = pan.into();
+        cases.push(v.to_string().into_bytes());
+        // Unknown enum variant: quoted too.
+        let mut v = good();
+        v["channel"] = "4111 1111 1111 1111".into();
+        cases.push(v.to_string().into_bytes());
+        // Unknown schema: `found` echoes the schema.
+        let mut v = good();
+        v["schema"] = format!("txn.{pan}").into();
+        cases.push(v.to_string().into_bytes());
+        // A PAN split by the 64-character cut of `found`.
+        let mut v = good();
+        v["schema"] = format!("{}{pan}", "x".repeat(56)).into();
+        cases.push(v.to_string().into_bytes());
+        for payload in cases {
+            let r = decode_txn(&payload, ARRIVAL, &DecodeLimits::default()).unwrap_err();
+            let text = r.to_string();
+            let json = serde_json::to_string(&r).unwrap();
+            assert!(!has_pan_candidate(&text), "{text}");
+            assert!(!has_pan_candidate(&json), "{json}");
+            assert!(!text.contains("11111111"), "{text}");
+        }
+    }
+
+    fn redacted(s: &str) -> String {
+        redact_pans_str(s).into_owned()
+    }
+
+    #[test]
+    fn card_numbers_are_redacted_however_written() {
+        for (input, want) in [
+            ("pan 4111111111111111.", "pan [PAN redacted]."),
+            ("4111 1111 1111 1111", "[PAN redacted]"),
+            (
+                "4111-1111-1111-1111 and 5555 5555 5555 4444",
+                "[PAN redacted] and [PAN redacted]",
+            ),
+            ("a\"4111 - 1111 - 1111 - 1111\"", "a\"[PAN redacted]\""),
+            // Glued to other digits (an EMV TLV: tag 5A, length 08, then the PAN).
+            ("5A084111111111111111", "5A[PAN redacted]"),
+            // Longer than any PAN: may hide one.
+            ("12345678901234567890123", "[PAN redacted]"),
+            // Kept: too short, or no stretch of 12 to 19 digits passes Luhn.
+            ("2025-11-26T06:59:58.250Z", "2025-11-26T06:59:58.250Z"),
+            (
+                "amount 1299, id 6820341768487870",
+                "amount 1299, id 6820341768487870",
+            ),
+            ("start 1764140400000", "start 1764140400000"),
+            ("4111 1111", "4111 1111"),
+            ("", ""),
+        ] {
+            assert_eq!(redacted(input), want, "{input}");
+            assert!(!has_pan_candidate(&redacted(input)), "{input}");
+        }
+        // Nothing to redact: borrowed, not copied.
+        assert!(matches!(redact_pans_str("tok_abc 1299"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn kept_digit_runs_and_the_marker_come_whole() {
+        let mut pieces = Vec::new();
+        let any = redact_pans(b"x 4111111111111111 y 6820341768487870 z 12", |p| {
+            pieces.push(match p {
+                Piece::Text(b) => format!("T:{}", String::from_utf8_lossy(b)),
+                Piece::Digits(b) => format!("D:{}", String::from_utf8_lossy(b)),
+                Piece::Redacted => "R".to_owned(),
+            })
+        });
+        assert!(any);
+        assert_eq!(
+            pieces,
+            ["T:x ", "R", "T: y ", "D:6820341768487870", "T: z 12"]
+        );
+    }
+
+    #[test]
+    fn input_numbers_that_read_as_card_numbers_are_withheld_from_reasons() {
+        for r in [
+            PoisonReason::AbsurdAmount {
+                amount_minor: 4_111_111_111_111_111,
+                max: MAX_AMOUNT_MINOR,
+            },
+            PoisonReason::NegativeAmount {
+                amount_minor: -4_111_111_111_111_111,
+            },
+            PoisonReason::FutureEventTime {
+                ahead_ms: 4_111_111_111_111_111,
+            },
+        ] {
+            let r = r.redacted();
+            assert!(matches!(r, PoisonReason::InvalidField { .. }), "{r:?}");
+            assert!(!has_pan_candidate(&r.to_string()), "{r}");
+            assert!(!has_pan_candidate(&serde_json::to_string(&r).unwrap()));
+        }
+        // Other numbers are kept as they are.
+        let r = PoisonReason::NegativeAmount { amount_minor: -500 };
+        assert_eq!(r.clone().redacted(), r);
+        // Late events: keys redacted, window starts (computed, not input) kept.
+        let r = PoisonReason::LateEvent {
+            windows: "merchant:4111111111111111#1m@1764140400000,global#1m@1764140400000".into(),
+            watermark_ms: 1,
+        }
+        .redacted();
+        assert_eq!(
+            r.to_string(),
+            "late event: windows merchant:[PAN redacted]#1m@1764140400000,global#1m@1764140400000 were final at watermark 1"
+        );
+    }
+
+    #[test]
+    fn reason_texts_from_the_input_are_bounded() {
+        let r = PoisonReason::BadJson {
+            message: "x".repeat(100_000),
+        }
+        .redacted();
+        assert!(r.to_string().len() < 300, "{}", r.to_string().len());
+        let r = PoisonReason::Kpl("y".repeat(100_000)).redacted();
+        assert!(r.to_string().len() < 300);
+    }
+
+    #[test]
+    fn currency_list_is_sorted_unique_and_upper_case() {
+        assert!(ISO_4217_CODES.windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            ISO_4217_CODES
+                .iter()
+                .all(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))
+        );
+        assert!(ISO_4217_CODES.iter().all(|c| is_iso_4217(c)));
+        assert!(!is_iso_4217("BGN") && !is_iso_4217("usd") && !is_iso_4217(""));
+    }
+
+    /// Found by the `kpl` fuzz target (fuzz/): a corrupt KPL aggregate's reason did not
+    /// serialise, so its quarantine entry could not be written and the record was
+    /// reported for retry instead of set aside.
+    #[test]
+    fn kpl_reason_serialises_to_json_and_back() {
+        let r = PoisonReason::Kpl("truncated: 12 bytes is shorter than magic and digest".into());
+        let json = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"kpl","message":"truncated: 12 bytes is shorter than magic and digest"}"#
+        );
+        assert_eq!(serde_json::from_str::<PoisonReason>(&json).unwrap(), r);
+    }
+
     fn arb_json() -> impl Strategy<Value = serde_json::Value> {
         let leaf = prop_oneof![
             Just(serde_json::Value::Null),
@@ -579,6 +1081,14 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_txn(&bytes, ARRIVAL, &DecodeLimits::default());
+        }
+
+        #[test]
+        fn redaction_leaves_no_card_number(s in "[0-9 a-]{0,80}") {
+            let r = redacted(&s);
+            prop_assert!(!has_pan_candidate(&r), "{} -> {}", s, r);
+            // Idempotent: the marker holds no digits.
+            prop_assert_eq!(redacted(&r), r.clone());
         }
 
         #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::event::{DecodeLimits, PoisonReason, Txn, decode_txn};
+use crate::event::{DecodeLimits, PAN_MARKER, Piece, PoisonReason, Txn, decode_txn, redact_pans};
 use crate::kpl;
 use crate::seq::{RecordPos, SeqNo};
 
@@ -43,30 +43,140 @@ pub struct InRecord<T> {
     pub body: Result<T, Poison>,
 }
 
-/// A record that can never be processed: why, and its bytes, kept for the quarantine so
-/// nothing is lost. The bytes are withheld only when they would carry a card number.
+/// Most payload bytes a quarantine entry keeps (before base64): enough to see what a
+/// producer sent (a transaction is well under 1 KiB), small enough that an SQS message
+/// with several entries stays far below SQS's 256 KiB, whatever the record's size.
+pub const EXCERPT_BYTES: usize = 4 * 1024;
+
+/// What the quarantine keeps of a poison record's payload, bounded whatever its size:
+/// its first bytes with card numbers redacted, its full size and a SHA-256 digest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Excerpt {
+    /// The first bytes of the redacted payload, at most [`EXCERPT_BYTES`]; a cut never
+    /// falls inside a digit run or a UTF-8 character. Empty when withheld.
+    pub prefix: Vec<u8>,
+    /// Size of the whole payload as received, bytes.
+    pub size: usize,
+    /// SHA-256 of the whole payload after redaction (equal to the payload's own digest
+    /// when nothing was redacted); `None` when the payload is withheld or not at hand.
+    pub sha256: Option<[u8; 32]>,
+    /// True when card numbers were redacted.
+    pub redacted: bool,
+    /// True when `prefix` is not the whole (redacted) payload.
+    pub truncated: bool,
+}
+
+impl Excerpt {
+    /// Redacts `data` and keeps its first [`EXCERPT_BYTES`], in one pass: memory is
+    /// bounded by the excerpt, not by the payload.
+    pub fn of(data: &[u8]) -> Self {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        let mut prefix = Vec::with_capacity(data.len().min(EXCERPT_BYTES));
+        let mut taking = true;
+        let mut total = 0usize;
+        let redacted = redact_pans(data, |piece| {
+            let bytes = match piece {
+                Piece::Text(b) | Piece::Digits(b) => b,
+                Piece::Redacted => PAN_MARKER.as_bytes(),
+            };
+            hasher.update(bytes);
+            total += bytes.len();
+            if !taking {
+                return;
+            }
+            let room = EXCERPT_BYTES - prefix.len();
+            if bytes.len() <= room {
+                prefix.extend_from_slice(bytes);
+            } else {
+                // Text may be cut (at a character boundary); a kept digit run or the
+                // marker only whole.
+                if let Piece::Text(b) = piece {
+                    prefix.extend_from_slice(&b[..char_floor(b, room)]);
+                }
+                taking = false;
+            }
+        });
+        let mut sha256 = [0u8; 32];
+        sha256.copy_from_slice(&hasher.finalize());
+        Self {
+            truncated: prefix.len() < total,
+            prefix,
+            size: data.len(),
+            sha256: Some(sha256),
+            redacted,
+        }
+    }
+
+    /// Nothing of `data` but its size.
+    pub fn withheld(data: &[u8]) -> Self {
+        Self {
+            size: data.len(),
+            truncated: !data.is_empty(),
+            ..Self::default()
+        }
+    }
+}
+
+/// The largest cut at or below `at` that does not split a UTF-8 character of `b` (bytes
+/// that are not UTF-8 are cut at most 3 bytes short).
+fn char_floor(b: &[u8], at: usize) -> usize {
+    let mut cut = at.min(b.len());
+    let mut back = 0;
+    while cut > 0 && cut < b.len() && back < 3 && (b[cut] & 0xC0) == 0x80 {
+        cut -= 1;
+        back += 1;
+    }
+    cut
+}
+
+/// A record that can never be processed: why, and what the quarantine keeps of its
+/// bytes. Card numbers are redacted from both when the record is set aside, so nothing
+/// downstream (quarantine, logs, metrics) ever holds one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Poison {
-    /// Why.
+    /// Why (redacted: [`PoisonReason::redacted`]).
     pub reason: PoisonReason,
-    /// The payload as received (empty when redacted).
-    pub data: Vec<u8>,
+    /// The bounded, redacted excerpt of the payload.
+    pub payload: Excerpt,
 }
 
 impl Poison {
-    /// Builds a poison record, redacting the payload if it carries a clear card number.
+    /// Builds a poison record: the reason redacted, the payload reduced to its excerpt
+    /// (withheld entirely when the reason is that a field holds a card number).
     pub fn new(reason: PoisonReason, data: &[u8]) -> Self {
-        let data = if reason == PoisonReason::ClearCardNumber {
-            Vec::new()
+        let reason = reason.redacted();
+        let payload = if reason.withholds_payload() {
+            Excerpt::withheld(data)
         } else {
-            data.to_vec()
+            Excerpt::of(data)
         };
-        Self { reason, data }
+        Self { reason, payload }
+    }
+
+    /// A poison record whose payload is not at hand (a handler's verdict on a decoded
+    /// event, undecodable base64).
+    pub fn without_payload(reason: PoisonReason) -> Self {
+        Self {
+            reason: reason.redacted(),
+            payload: Excerpt::default(),
+        }
     }
 }
 
 fn decode_one(data: &[u8], arrival_ms: i64, limits: &DecodeLimits) -> Result<Txn, Poison> {
     decode_txn(data, arrival_ms, limits).map_err(|reason| Poison::new(reason, data))
+}
+
+fn kpl_reason(e: kpl::KplError) -> PoisonReason {
+    match e {
+        kpl::KplError::OverLimit { what, found, limit } => PoisonReason::KplOverLimit {
+            what: what.to_owned(),
+            found,
+            limit,
+        },
+        e => PoisonReason::Kpl(e.to_string()),
+    }
 }
 
 /// The Kinesis-level facts of one record, before its data is looked at.
@@ -125,7 +235,7 @@ pub fn decode_record_data(
             }
         }
         Err(e) => out.push(InRecord {
-            body: Err(Poison::new(PoisonReason::Kpl(e.to_string()), data)),
+            body: Err(Poison::new(kpl_reason(e), data)),
             meta: RecordMeta {
                 shard_id: raw.shard_id,
                 pos: RecordPos::plain(raw.seq),
@@ -134,5 +244,110 @@ pub fn decode_record_data(
                 arrival_ms: raw.arrival_ms,
             },
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_one_record(data: &[u8], key: &str) -> Vec<InRecord<Txn>> {
+        let mut out = Vec::new();
+        decode_record_data(
+            RawRecordMeta {
+                shard_id: Arc::from("shardId-000000000001"),
+                seq: SeqNo::parse("49590338271490256608559692538361571095921575989136588898")
+                    .unwrap(),
+                partition_key: key,
+                arrival_ms: 0,
+            },
+            data,
+            &DecodeLimits::default(),
+            &mut out,
+        );
+        out
+    }
+
+    fn sha256(b: &[u8]) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut d = [0u8; 32];
+        d.copy_from_slice(&sha2::Sha256::digest(b));
+        d
+    }
+
+    #[test]
+    fn an_excerpt_is_bounded_and_identifies_the_whole_payload() {
+        let payload: Vec<u8> = (0..1024 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+        let e = Excerpt::of(&payload);
+        assert_eq!(e.prefix, payload[..EXCERPT_BYTES]);
+        assert_eq!(e.size, payload.len());
+        assert_eq!(e.sha256, Some(sha256(&payload)));
+        assert!(e.truncated && !e.redacted);
+        let small = Excerpt::of(b"{}");
+        assert_eq!(
+            (small.prefix.as_slice(), small.truncated),
+            (&b"{}"[..], false)
+        );
+    }
+
+    #[test]
+    fn an_excerpt_never_cuts_a_number_a_marker_or_a_character() {
+        // A kept 16-digit number across the cut: left out whole.
+        let mut p = vec![b'x'; EXCERPT_BYTES - 5];
+        p.extend_from_slice(b"6820341768487870 tail");
+        let e = Excerpt::of(&p);
+        assert_eq!(e.prefix, vec![b'x'; EXCERPT_BYTES - 5]);
+        // A card number across the cut: redacted first, the marker left out whole.
+        let mut p = vec![b'x'; EXCERPT_BYTES - 5];
+        p.extend_from_slice(b"4111111111111111 tail");
+        let e = Excerpt::of(&p);
+        assert_eq!(e.prefix, vec![b'x'; EXCERPT_BYTES - 5]);
+        assert!(e.redacted && e.truncated);
+        let mut redacted = vec![b'x'; EXCERPT_BYTES - 5];
+        redacted.extend_from_slice(b"[PAN redacted] tail");
+        assert_eq!(
+            e.sha256,
+            Some(sha256(&redacted)),
+            "digest of the redacted payload"
+        );
+        // A two-byte character across the cut.
+        let mut p = vec![b'x'; EXCERPT_BYTES - 1];
+        p.extend_from_slice("é and more".as_bytes());
+        let e = Excerpt::of(&p);
+        assert_eq!(e.prefix.len(), EXCERPT_BYTES - 1);
+        assert!(std::str::from_utf8(&e.prefix).is_ok());
+    }
+
+    #[test]
+    fn a_card_number_field_withholds_the_payload_and_its_digest() {
+        let payload = b"{\"card_token\":\"4111111111111111\"}";
+        let p = Poison::new(PoisonReason::ClearCardNumber, payload);
+        assert!(p.payload.prefix.is_empty() && p.payload.sha256.is_none());
+        assert_eq!(p.payload.size, payload.len());
+    }
+
+    #[test]
+    fn aggregate_over_a_limit_is_one_poison_record() {
+        let users: Vec<kpl::UserRecord> = (0..=kpl::MAX_USER_RECORDS)
+            .map(|i| kpl::UserRecord {
+                partition_key: format!("k{}", i % 7),
+                data: b"{}".to_vec(),
+            })
+            .collect();
+        let out = decode_one_record(&kpl::aggregate(&users), "outer-key");
+        assert_eq!(out.len(), 1);
+        let r = &out[0];
+        assert_eq!(r.meta.pos.sub, 0);
+        assert_eq!(r.meta.partition_key, "outer-key");
+        let reason = &r.body.as_ref().unwrap_err().reason;
+        assert!(reason.to_string().contains("over the limit"), "{reason}");
+        assert_eq!(
+            *reason,
+            PoisonReason::KplOverLimit {
+                what: "user records".into(),
+                found: kpl::MAX_USER_RECORDS as u64 + 1,
+                limit: kpl::MAX_USER_RECORDS as u64,
+            }
+        );
     }
 }

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use shardline_core::StoreError;
 use shardline_core::alert::Alert;
 use shardline_core::fraud::profile::CardProfile;
+use shardline_core::ports::ShardParents;
 use shardline_core::ports::{
     AlertSink, BatchRead, BatchReadKeys, MAX_BATCH_GET, MAX_BATCH_WRITE, PartialKey, ProfileStore,
     Put, Quarantine, QuarantineEntry, WindowStore,
 };
-use shardline_core::ports::ShardParents;
 use shardline_core::window::claims::{ClaimItem, ClaimKey, Lineage};
 use shardline_core::window::{ShardProgress, WindowId, WindowPartial};
 
@@ -59,19 +59,30 @@ pub struct MemQuarantine {
 }
 
 impl MemQuarantine {
-    /// Everything quarantined so far.
+    /// Everything quarantined so far, copies included (the queue is at least once).
     pub fn entries(&self) -> Vec<QuarantineEntry> {
         self.entries.lock().expect("quarantine lock").clone()
+    }
+
+    /// What a consumer keeps after dropping copies by id (a retry's or a replay's): the
+    /// first entry of each id, in order.
+    pub fn distinct(&self) -> Vec<QuarantineEntry> {
+        let mut seen = std::collections::HashSet::new();
+        self.entries()
+            .into_iter()
+            .filter(|e| seen.insert(e.id.clone()))
+            .collect()
     }
 }
 
 impl Quarantine for MemQuarantine {
     async fn quarantine(&self, entries: &[QuarantineEntry]) -> Result<(), StoreError> {
         self.faults.check("quarantine")?;
+        // Held to the bounds as the SQS quarantine sends them.
         self.entries
             .lock()
             .expect("quarantine lock")
-            .extend_from_slice(entries);
+            .extend(entries.iter().map(|e| e.clone().bounded()));
         Ok(())
     }
 }
@@ -275,7 +286,6 @@ impl MemWindows {
     }
 }
 
-
 impl WindowStore for MemWindows {
     async fn get_partials(
         &self,
@@ -408,5 +418,62 @@ impl ShardParents for MemParents {
     ) -> futures::future::BoxFuture<'a, Result<Vec<String>, StoreError>> {
         let p = self.0.get(shard).cloned().unwrap_or_default();
         Box::pin(async move { Ok(p) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shardline_core::PoisonReason;
+
+    use super::*;
+
+    fn entry(seq: &str, data_base64: String) -> QuarantineEntry {
+        QuarantineEntry {
+            id: String::new(),
+            function: "fraud-scorer".into(),
+            shard_id: "shardId-000000000000".into(),
+            sequence_number: seq.into(),
+            sub_sequence_number: 0,
+            partition_key: "4111 1111 1111 1111".into(),
+            arrival_ms: 0,
+            reason: PoisonReason::InvalidCoordinates,
+            reason_text: String::new(),
+            data_base64,
+            data_size: 0,
+            data_sha256_base64: String::new(),
+            data_truncated: false,
+            data_redacted: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_are_held_as_the_sqs_quarantine_sends_them() {
+        let q = MemQuarantine::default();
+        let huge = "QUFB".repeat(350_000); // 1 MiB of "AAA", base64
+        q.quarantine(&[entry("1", huge), entry("2", String::new())])
+            .await
+            .unwrap();
+        let got = q.entries();
+        assert!(got[0].data_base64.is_empty() && got[0].data_truncated);
+        assert_eq!(got[0].partition_key, "[PAN redacted]");
+        assert_eq!(got[1].id, "fraud-scorer/shardId-000000000000/2/0");
+        assert_eq!(got[1].reason_text, "invalid coordinates");
+    }
+
+    #[tokio::test]
+    async fn distinct_drops_the_copies_a_replay_sends() {
+        let q = MemQuarantine::default();
+        let batch = [entry("1", String::new()), entry("2", String::new())];
+        q.quarantine(&batch).await.unwrap();
+        q.quarantine(&batch).await.unwrap();
+        assert_eq!(q.entries().len(), 4, "at least once: copies are kept");
+        let ids: Vec<String> = q.distinct().into_iter().map(|e| e.id).collect();
+        assert_eq!(
+            ids,
+            [
+                "fraud-scorer/shardId-000000000000/1/0",
+                "fraud-scorer/shardId-000000000000/2/0"
+            ]
+        );
     }
 }

@@ -2,6 +2,7 @@
 //! carried from file to file; `--expect` compares with the golden files.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -16,6 +17,16 @@ use crate::Function;
 
 /// `shardline replay`.
 pub async fn run(function: Function, files: &[PathBuf], expect: bool) -> anyhow::Result<()> {
+    run_to(function, files, expect, &mut std::io::stdout()).await
+}
+
+/// `shardline replay`, writing its report to `out`.
+pub async fn run_to(
+    function: Function,
+    files: &[PathBuf],
+    expect: bool,
+    out: &mut (impl Write + Send),
+) -> anyhow::Result<()> {
     let mut differs = false;
     match function {
         Function::FraudScorer => {
@@ -47,9 +58,14 @@ pub async fn run(function: Function, files: &[PathBuf], expect: bool) -> anyhow:
                     .filter(|(id, a)| before.get(id) != Some(a))
                     .map(|(_, a)| a)
                     .collect();
-                println!("{}", file.display());
-                println!("  response: {}", serde_json::to_string(&report.response)?);
-                println!(
+                writeln!(out, "{}", file.display())?;
+                writeln!(
+                    out,
+                    "  response: {}",
+                    serde_json::to_string(&report.response)?
+                )?;
+                writeln!(
+                    out,
                     "  records {}  scored {}  alerts {}  quarantined {}  replayed {}  duplicates {}",
                     report.outcome.records,
                     report.scored,
@@ -57,24 +73,23 @@ pub async fn run(function: Function, files: &[PathBuf], expect: bool) -> anyhow:
                     report.outcome.quarantined,
                     report.replayed,
                     report.duplicates
-                );
+                )?;
                 for a in &new {
-                    println!(
+                    writeln!(
+                        out,
                         "  alert {:<16} score {:>4}  {}",
                         a.alert_id,
                         a.score,
                         a.reasons.join(",")
-                    );
+                    )?;
                 }
-                for q in quarantine.entries().iter().skip(q_before) {
-                    println!("  quarantined seq {}: {}", q.sequence_number, q.reason_text);
-                }
+                print_quarantined(out, &quarantine, q_before)?;
                 if expect {
                     let got = json!({
                         "response": serde_json::to_value(&report.response)?,
                         "alerts": new.iter().map(|a| json!({"alert_id": a.alert_id, "score": a.score, "reasons": a.reasons})).collect::<Vec<_>>(),
                     });
-                    differs |= !compare(file, &got, |want, got| {
+                    differs |= !compare(out, file, &got, |want, got| {
                         let tol = want["score_tolerance"].as_i64().unwrap_or(0);
                         let (w, g) = (
                             want["alerts"].as_array().cloned().unwrap_or_default(),
@@ -111,7 +126,8 @@ pub async fn run(function: Function, files: &[PathBuf], expect: bool) -> anyhow:
             let mut state = json!({});
             for file in files {
                 let payload = read(file)?;
-                println!("{}", file.display());
+                let q_before = quarantine.entries().len();
+                writeln!(out, "{}", file.display())?;
                 if is_time_window_event(&payload) {
                     // Lambda's tumbling mode: carry the state from the previous response.
                     let mut ev: Value = serde_json::from_slice(&payload)?;
@@ -119,16 +135,22 @@ pub async fn run(function: Function, files: &[PathBuf], expect: bool) -> anyhow:
                     let resp = agg
                         .handle_time_window(&serde_json::to_vec(&ev)?, None)
                         .await?;
-                    println!("  response: {}", serde_json::to_string(&resp)?);
+                    writeln!(out, "  response: {}", serde_json::to_string(&resp)?)?;
                     state = serde_json::to_value(&resp.state)?;
+                    print_quarantined(out, &quarantine, q_before)?;
                     continue;
                 }
                 let report = agg
                     .handle(&payload, None)
                     .await
                     .with_context(|| format!("{} is not a Kinesis event", file.display()))?;
-                println!("  response: {}", serde_json::to_string(&report.response)?);
-                println!(
+                writeln!(
+                    out,
+                    "  response: {}",
+                    serde_json::to_string(&report.response)?
+                )?;
+                writeln!(
+                    out,
                     "  records {}  windows {}  writes {}  late {}  alerts {}  quarantined {}",
                     report.outcome.records,
                     report.windows_touched,
@@ -136,7 +158,8 @@ pub async fn run(function: Function, files: &[PathBuf], expect: bool) -> anyhow:
                     report.late,
                     report.alerts,
                     report.outcome.quarantined
-                );
+                )?;
+                print_quarantined(out, &quarantine, q_before)?;
                 if expect {
                     let mut totals: BTreeMap<String, Value> = BTreeMap::new();
                     let mut merged: BTreeMap<_, shardline_core::window::Metrics> = BTreeMap::new();
@@ -154,7 +177,7 @@ pub async fn run(function: Function, files: &[PathBuf], expect: bool) -> anyhow:
                         );
                     }
                     let got = json!({"response": serde_json::to_value(&report.response)?, "late": report.late, "windows": totals});
-                    differs |= !compare(file, &got, |want, got| want == got)?;
+                    differs |= !compare(out, file, &got, |want, got| want == got)?;
                 }
             }
         }
@@ -165,11 +188,34 @@ pub async fn run(function: Function, files: &[PathBuf], expect: bool) -> anyhow:
     Ok(())
 }
 
+/// One line per entry quarantined since the first `from` (poison and late records):
+/// where it is in the stream and why, for either function.
+fn print_quarantined(
+    out: &mut impl Write,
+    quarantine: &MemQuarantine,
+    from: usize,
+) -> anyhow::Result<()> {
+    for q in quarantine.entries().iter().skip(from) {
+        let sub = if q.sub_sequence_number > 0 {
+            format!("/{}", q.sub_sequence_number)
+        } else {
+            String::new()
+        };
+        writeln!(
+            out,
+            "  quarantined seq {}{sub}: {}",
+            q.sequence_number, q.reason_text
+        )?;
+    }
+    Ok(())
+}
+
 fn read(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(file).with_context(|| format!("reading {}", file.display()))
 }
 
 fn compare(
+    out: &mut impl Write,
     file: &std::path::Path,
     got: &Value,
     same: impl Fn(&Value, &Value) -> bool,
@@ -179,13 +225,61 @@ fn compare(
         &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
     )?;
     let ok = same(&want, got);
-    println!(
+    writeln!(
+        out,
         "  golden {}: {}",
         path.display(),
         if ok { "match" } else { "DIFFERS" }
-    );
+    )?;
     if !ok {
-        println!("  got: {}", serde_json::to_string(got)?);
+        writeln!(out, "  got: {}", serde_json::to_string(got)?)?;
     }
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn replay(function: Function, fixture: &str) -> String {
+        let file = shardline_testkit::repo_root().join("events").join(fixture);
+        let mut out = Vec::new();
+        run_to(function, &[file], false, &mut out)
+            .await
+            .expect("replay");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[tokio::test]
+    async fn window_aggregator_replay_prints_each_quarantine_reason() {
+        let text = replay(
+            Function::WindowAggregator,
+            "window-aggregator/late-beyond-lateness.json",
+        )
+        .await;
+        let late: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("quarantined seq") && l.contains("late event: windows"))
+            .collect();
+        assert_eq!(late.len(), 2, "{text}");
+    }
+
+    #[tokio::test]
+    async fn fraud_scorer_replay_prints_each_quarantine_reason() {
+        let text = replay(Function::FraudScorer, "fraud-scorer/poison.json").await;
+        for reason in [
+            "invalid JSON: EOF while parsing",
+            "unknown schema version",
+            "negative amount -500",
+            "card_token looks like a clear card number",
+            "invalid coordinates",
+            "missing required field `merchant_id`",
+        ] {
+            assert!(
+                text.lines()
+                    .any(|l| l.contains("quarantined seq") && l.contains(reason)),
+                "{reason}: {text}"
+            );
+        }
+    }
 }
