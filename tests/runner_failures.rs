@@ -269,3 +269,53 @@ async fn two_runners_on_one_mapping_deliver_each_record_once() {
         "each record delivered once, by one runner"
     );
 }
+
+/// A runner killed (SIGKILL) leaves its lease behind. A new `--until-idle` runner must
+/// wait for that lease to expire and then deliver the shard: a shard another runner
+/// holds is not drained, so it does not count as idle.
+#[tokio::test]
+async fn a_killed_runners_lease_is_waited_out_not_taken_for_idle() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let (_t, clients, m, seqs, on_failure) = setup(8).await;
+    shardline::runner::ensure_checkpoint_table(&clients.ddb)
+        .await
+        .unwrap();
+    let shards = clients
+        .kinesis
+        .list_shards()
+        .stream_name(&m.stream)
+        .send()
+        .await
+        .unwrap();
+    // The dead runner's lease on every shard, 6 s to go (leases last 10 s).
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 6_000;
+    for s in shards.shards() {
+        clients
+            .ddb
+            .put_item()
+            .table_name(shardline::runner::CHECKPOINT_TABLE)
+            .item(
+                "pk",
+                AttributeValue::S(format!("{}|{}|{}", m.function, m.stream, s.shard_id())),
+            )
+            .item("owner", AttributeValue::S("killed-runner".into()))
+            .item("lease_until", AttributeValue::N(until.to_string()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let calls: Calls = Arc::default();
+    let invoker = function(calls.clone(), |_| Ok(json!({"batchItemFailures": []})));
+    run(m, clients, invoker, Some(on_failure), opts())
+        .await
+        .unwrap();
+    let mut delivered: Vec<String> = calls.lock().unwrap().concat();
+    delivered.sort();
+    let mut expected = seqs;
+    expected.sort();
+    assert_eq!(delivered, expected, "every record, once the lease expired");
+}

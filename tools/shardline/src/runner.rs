@@ -590,8 +590,8 @@ fn spawn_status(ctx: Arc<Ctx>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle
     })
 }
 
-/// One shard: wait for its lease (another runner may hold it: the shard counts as idle
-/// here meanwhile), process it while the lease holds (renewed in the background), and
+/// One shard: wait for its lease (another runner may hold it: the shard does not count as
+/// idle meanwhile), process it while the lease holds (renewed in the background), and
 /// start over from the stored checkpoint if the lease is lost.
 async fn shard_loop(
     ctx: Arc<Ctx>,
@@ -606,7 +606,10 @@ async fn shard_loop(
             return Ok(());
         }
         if !ctx.take_lease(&shard).await? {
-            idle.lock().await.insert(shard.clone(), true);
+            // Another runner holds the shard: it is not drained as far as this runner
+            // knows (the other may have been killed, and its lease must expire before
+            // anyone finishes the shard), so `--until-idle` waits for it.
+            idle.lock().await.insert(shard.clone(), false);
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
