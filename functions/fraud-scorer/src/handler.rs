@@ -7,8 +7,15 @@
 //! point: alerts are written before it (idempotent by event id), and the profile's
 //! per-shard guard makes a replay skip what is already applied. A lost race on a card
 //! (another shard wrote it, e.g. after a reshard) re-reads and re-applies.
+//!
+//! Nothing starts a store call with less than the batch config's deadline margin left
+//! before the Lambda deadline, and the batch-level calls are cut off there: a card that
+//! is not committed by then is reported for retry. An invocation that timed out would be
+//! retried whole and count against the mapping's retries
+//! (<https://docs.aws.amazon.com/lambda/latest/dg/services-kinesis-errors.html>).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
 use aws_lambda_events::event::streams::KinesisEventResponse;
@@ -183,7 +190,7 @@ where
             .map(|c| (*c, Mutex::new(CardWork::default())))
             .collect();
 
-        self.prefetch(&work).await;
+        self.prefetch(&work, deadline).await;
         // Score every card whose profile is in hand, in memory.
         for (card, items) in &by_card {
             let mut st = work[card].lock().await;
@@ -193,12 +200,12 @@ where
                 st.computed = Some(apply_card(std::mem::take(p), items, &rules));
             }
         }
-        self.write_alerts_in_bulk(&work).await;
+        self.write_alerts_in_bulk(&work, deadline).await;
 
         let outcome = self
             .processor
             .process_keyed(records, deadline, |items| {
-                self.commit_key(items, &by_card, &work, &rules)
+                self.commit_key(items, &by_card, &work, &rules, deadline)
             })
             .await;
 
@@ -247,17 +254,69 @@ where
         cache.current().clone()
     }
 
-    /// One BatchGetItem per 100 cards; unprocessed keys asked again with backoff.
-    /// Cards it cannot read are read one by one when they are committed.
-    async fn prefetch(&self, work: &HashMap<&str, Mutex<CardWork>>) {
+    /// True while `pause` and then new store work fit before the deadline with the
+    /// margin kept in hand.
+    fn time_for(&self, pause: Duration, deadline: Option<Instant>) -> bool {
+        deadline.is_none_or(|d| Instant::now() + pause + self.settings.batch.deadline_margin < d)
+    }
+
+    /// Fails with a transient error once the deadline margin is reached: the card is
+    /// then reported for retry rather than started with no time to finish.
+    fn check_time(&self, deadline: Option<Instant>) -> Result<(), StoreError> {
+        if self.time_for(Duration::ZERO, deadline) {
+            Ok(())
+        } else {
+            Err(StoreError::transient(
+                "too close to the Lambda deadline to start a store call",
+            ))
+        }
+    }
+
+    /// Runs a batch-level store call, cut off where the deadline margin starts: what it
+    /// did not finish is left to the per-card commit (reads are redone, alert writes are
+    /// idempotent by alert id). Without it one stuck request could outlive the
+    /// invocation, the SDK's own operation timeout being longer than the margin.
+    async fn bounded<T>(
+        &self,
+        deadline: Option<Instant>,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let Some(d) = deadline else {
+            return call.await;
+        };
+        let cutoff = d
+            .checked_sub(self.settings.batch.deadline_margin)
+            .unwrap_or(d);
+        tokio::time::timeout_at(cutoff, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::transient(
+                    "batch call cut off at the Lambda deadline margin",
+                ))
+            })
+    }
+
+    /// One BatchGetItem per 100 cards; unprocessed keys asked again with backoff while
+    /// time is left. Cards it cannot read are read one by one when they are committed.
+    async fn prefetch(&self, work: &HashMap<&str, Mutex<CardWork>>, deadline: Option<Instant>) {
         let cards: Vec<String> = work.keys().map(|c| (*c).to_owned()).collect();
         let retry = &self.settings.batch.retry;
-        for chunk in cards.chunks(MAX_BATCH_GET) {
+        'chunks: for chunk in cards.chunks(MAX_BATCH_GET) {
             let mut pending: Vec<String> = chunk.to_vec();
             let mut attempt = 0;
             while !pending.is_empty() && attempt < retry.max_attempts {
+                if !self.time_for(Duration::ZERO, deadline) {
+                    tracing::warn!(
+                        cards = pending.len(),
+                        "Too close to the deadline to read profiles in bulk; leaving them to the commit."
+                    );
+                    break 'chunks;
+                }
                 attempt += 1;
-                match self.profiles.get_profiles(&pending).await {
+                match self
+                    .bounded(deadline, self.profiles.get_profiles(&pending))
+                    .await
+                {
                     Ok(read) => {
                         let mut found: HashMap<String, CardProfile> = read
                             .found
@@ -283,16 +342,28 @@ where
                         }
                     }
                 }
-                if !pending.is_empty() {
-                    tokio::time::sleep(retry.backoff(attempt)).await;
+                if !pending.is_empty() && attempt < retry.max_attempts {
+                    let pause = retry.backoff(attempt);
+                    if !self.time_for(pause, deadline) {
+                        tracing::warn!(
+                            cards = pending.len(),
+                            "No time for another bulk profile read; leaving them to the commit."
+                        );
+                        break 'chunks;
+                    }
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
     }
 
-    /// Alerts of every scored card, 25 per BatchWriteItem. A card whose chunk failed
-    /// writes its own alerts again when it is committed.
-    async fn write_alerts_in_bulk(&self, work: &HashMap<&str, Mutex<CardWork>>) {
+    /// Alerts of every scored card, 25 per BatchWriteItem, while time is left. A card
+    /// whose chunk failed or was not started writes its own alerts when it is committed.
+    async fn write_alerts_in_bulk(
+        &self,
+        work: &HashMap<&str, Mutex<CardWork>>,
+        deadline: Option<Instant>,
+    ) {
         let mut all: Vec<Alert> = Vec::new();
         for st in work.values() {
             let mut st = st.lock().await;
@@ -303,9 +374,17 @@ where
             }
         }
         let mut failed_cards: Vec<String> = Vec::new();
+        let mut out_of_time = false;
         for chunk in all.chunks(MAX_BATCH_WRITE) {
-            let ok = self.alerts.put_alerts(chunk).await.is_ok()
-                && self.stream.publish(chunk).await.is_ok();
+            out_of_time = out_of_time || !self.time_for(Duration::ZERO, deadline);
+            let ok = !out_of_time
+                && self
+                    .bounded(deadline, async {
+                        self.alerts.put_alerts(chunk).await?;
+                        self.stream.publish(chunk).await
+                    })
+                    .await
+                    .is_ok();
             if !ok {
                 failed_cards.extend(chunk.iter().filter_map(|a| a.card_token.clone()));
             }
@@ -333,6 +412,7 @@ where
         by_card: &HashMap<&str, Vec<Item<'_, Txn>>>,
         work: &HashMap<&str, Mutex<CardWork>>,
         rules: &RuleSet,
+        deadline: Option<Instant>,
     ) -> Result<(), KeyFailure> {
         let mut cards: Vec<&str> = Vec::new();
         for it in &items {
@@ -346,7 +426,7 @@ where
                 .position(|i| i.body.card_token == card)
                 .unwrap_or(0);
             let card_items = by_card.get(card).map_or(&[][..], Vec::as_slice);
-            self.commit_card(card, card_items, &work[card], rules)
+            self.commit_card(card, card_items, &work[card], rules, deadline)
                 .await
                 .map_err(|e| KeyFailure::at(first, e))?;
         }
@@ -359,13 +439,18 @@ where
         items: &[Item<'_, Txn>],
         work: &Mutex<CardWork>,
         rules: &RuleSet,
+        deadline: Option<Instant>,
     ) -> Result<(), StoreError> {
         let mut st = work.lock().await;
         for _ in 0..MAX_CONFLICTS {
             if st.written {
                 return Ok(());
             }
+            // The batch processor keeps the margin only before its retries; a key's
+            // first run can start late (behind the bulk calls or other keys), so every
+            // store call here checks it too.
             if st.loaded.is_none() {
+                self.check_time(deadline)?;
                 let p = self.profiles.get_profile(card).await?;
                 st.loaded = Some(match p {
                     Some(p) => (Some(p.version), p),
@@ -395,11 +480,13 @@ where
             }
             if !st.alerts_durable {
                 for chunk in c.alerts.chunks(MAX_BATCH_WRITE) {
+                    self.check_time(deadline)?;
                     self.alerts.put_alerts(chunk).await?;
                     self.stream.publish(chunk).await?;
                 }
                 st.alerts_durable = true;
             }
+            self.check_time(deadline)?;
             c.profile.version = expected.map_or(1, |v| v + 1);
             match self.profiles.put_profile(&c.profile, expected).await? {
                 Put::Written => {

@@ -6,14 +6,15 @@ use std::time::Instant;
 use fraud_scorer::{Config, FUNCTION};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::value::RawValue;
-use shardline_aws::sdk::{deadline_instant, load_sdk_config};
+use shardline_aws::sdk::{deadline_instant, load_function_sdk_config};
 use shardline_aws::telemetry::{BatchProcessed, init_tracing};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     init_tracing();
     let cfg = Config::from_env()?;
-    let sdk = load_sdk_config().await;
+    // With operation timeouts: a hung connection fails its call, not the invocation.
+    let sdk = load_function_sdk_config().await;
     let scorer = fraud_scorer::deployed(&cfg, &sdk);
     let scorer = &scorer;
     lambda_runtime::run(service_fn(

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::value::RawValue;
-use shardline_aws::sdk::{deadline_instant, load_sdk_config};
+use shardline_aws::sdk::{deadline_instant, load_function_sdk_config};
 use shardline_aws::telemetry::{BatchProcessed, init_tracing};
 use window_aggregator::tumbling::is_time_window_event;
 use window_aggregator::{Config, FUNCTION};
@@ -15,7 +15,8 @@ use window_aggregator::{Config, FUNCTION};
 async fn main() -> Result<(), Error> {
     init_tracing();
     let cfg = Config::from_env()?;
-    let sdk = load_sdk_config().await;
+    // With operation timeouts: a hung connection fails its call, not the invocation.
+    let sdk = load_function_sdk_config().await;
     let agg = window_aggregator::deployed(&cfg, &sdk);
     let agg = &agg;
     lambda_runtime::run(service_fn(

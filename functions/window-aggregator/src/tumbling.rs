@@ -14,12 +14,18 @@
 //! A failed invocation returns the state it was given and reports the first record that
 //! state does not hold. So whatever Lambda retries with (from the reported record with the
 //! returned state, or the whole batch with the given state), every record after the state
-//! is delivered again and folded once: nothing is lost, nothing counted twice.
+//! is delivered again and folded once: nothing is lost, nothing counted twice. A panic
+//! while folding, writing claims or spilling, and a spill that would start inside the
+//! batch config's deadline margin, fail the same way: the invocation answers (a crash
+//! or a timeout would retry the whole batch and count against the mapping's retries,
+//! <https://docs.aws.amazon.com/lambda/latest/dg/services-kinesis-errors.html>).
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 
 use aws_lambda_events::event::streams::KinesisBatchItemFailure;
 use aws_lambda_events::time_window::TimeWindowProperties;
+use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use shardline_aws::kinesis::decode_event_json;
 use shardline_core::ports::{AlertSink, Put, Quarantine, WindowStore};
@@ -59,6 +65,15 @@ pub struct TumblingResponse {
     pub batch_item_failures: Vec<KinesisBatchItemFailure>,
 }
 
+/// The Lambda window an invocation belongs to.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    start_ms: i64,
+    width_ms: i64,
+    /// The window's last invocation: what is spilled is final.
+    is_final: bool,
+}
+
 /// True when an invocation payload is a tumbling-window event.
 pub fn is_time_window_event(payload: &[u8]) -> bool {
     #[derive(Deserialize)]
@@ -89,7 +104,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         let props: TimeWindowProperties =
             serde_json::from_slice(payload).map_err(shardline_aws::kinesis::EnvelopeError::Json)?;
         let records = decode_event_json(payload, &self.settings().limits)?;
-        let mut state: TumblingState = props
+        let state: TumblingState = props
             .state
             .get(STATE_KEY)
             .and_then(|s| serde_json::from_str(s).ok())
@@ -118,64 +133,27 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             .filter_map(|r| r.body.as_ref().ok().map(|t| (&r.meta.pos, t)))
             .collect();
         items.sort_by(|a, b| a.0.cmp(b.0));
-        // A producer's re-send of an event counted earlier, in this window or any other,
-        // on this shard or an ancestor, is claimed by the original: it is skipped.
-        let mut book = match self.claim_book(&shard, items.iter().map(|(_, t)| *t)).await {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::warn!(error = %e, "Event-id claims read failed.");
-                None
+        let window = Span {
+            start_ms,
+            width_ms,
+            is_final: props.is_final_invoke_for_window,
+        };
+        // A panic here is outside the batch processor's per-record catch: it fails this
+        // invocation's open records (below), not the invocation.
+        let step = AssertUnwindSafe(
+            self.fold_and_spill(&shard, items, state, window, max_state, deadline),
+        );
+        let (state, mut failed) = match step.catch_unwind().await {
+            Ok(r) => r,
+            Err(panic) => {
+                tracing::error!(
+                    shard,
+                    panic = %panic_message(&panic),
+                    "Tumbling window step panicked; its records are reported for retry."
+                );
+                (TumblingState::default(), true)
             }
         };
-        let mut failed = book.is_none();
-        for (pos, t) in items {
-            let padded = pos.to_padded();
-            if !state.applied.is_empty() && padded <= state.applied {
-                continue;
-            }
-            let Some(book) = book.as_mut() else { break };
-            if book.check(t.event_time_ms, stable_hash(&t.event_id), pos) == Verdict::Duplicate {
-                state.applied = padded;
-                continue;
-            }
-            for kind in [KeyKind::Merchant, KeyKind::Global] {
-                state
-                    .keys
-                    .entry(key_of(kind, t))
-                    .or_default()
-                    .add_all([t], true);
-            }
-            state.applied = padded;
-        }
-
-        // The claims before the state that holds their effects is returned.
-        if let Some(book) = &book
-            && let Err(e) = self.store_claims(book).await
-        {
-            tracing::warn!(error = %e, "Event-id claims write failed.");
-            failed = true;
-        }
-        let encoded = serde_json::to_string(&state).unwrap_or_default();
-        let must_flush = props.is_final_invoke_for_window || encoded.len() > max_state;
-        if !failed && must_flush && !state.keys.is_empty() {
-            match self
-                .spill(
-                    &shard,
-                    start_ms,
-                    width_ms,
-                    &state,
-                    props.is_final_invoke_for_window,
-                )
-                .await
-            {
-                Ok(()) => {
-                    state.spills += 1;
-                    state.since = state.applied.clone();
-                    state.keys.clear();
-                }
-                Err(()) => failed = true,
-            }
-        }
         // After a failed spill every record comes back: quarantining now would write the
         // poison records twice.
         let outcome = self
@@ -215,15 +193,88 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         Ok(resp)
     }
 
+    /// Folds the records the state lacks into it, writes the claims they added, and
+    /// spills the aggregates when the window closes or the state outgrows `max_state`.
+    /// Returns the new state and whether anything failed (then the state is not to be
+    /// returned: the caller keeps the given one).
+    async fn fold_and_spill(
+        &self,
+        shard: &str,
+        items: Vec<(&RecordPos, &Txn)>,
+        mut state: TumblingState,
+        window: Span,
+        max_state: usize,
+        deadline: Option<Instant>,
+    ) -> (TumblingState, bool) {
+        // A producer's re-send of an event counted earlier, in this window or any other,
+        // on this shard or an ancestor, is claimed by the original: it is skipped.
+        let mut book = match self.claim_book(shard, items.iter().map(|(_, t)| *t)).await {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::warn!(error = %e, "Event-id claims read failed.");
+                None
+            }
+        };
+        let mut failed = book.is_none();
+        for (pos, t) in items {
+            let padded = pos.to_padded();
+            if !state.applied.is_empty() && padded <= state.applied {
+                continue;
+            }
+            let Some(book) = book.as_mut() else { break };
+            if book.check(t.event_time_ms, stable_hash(&t.event_id), pos) == Verdict::Duplicate {
+                state.applied = padded;
+                continue;
+            }
+            for kind in [KeyKind::Merchant, KeyKind::Global] {
+                state
+                    .keys
+                    .entry(key_of(kind, t))
+                    .or_default()
+                    .add_all([t], true);
+            }
+            state.applied = padded;
+        }
+
+        // The claims before the state that holds their effects is returned.
+        if let Some(book) = &book
+            && let Err(e) = self.store_claims(book).await
+        {
+            tracing::warn!(error = %e, "Event-id claims write failed.");
+            failed = true;
+        }
+        let encoded = serde_json::to_string(&state).unwrap_or_default();
+        let must_flush = window.is_final || encoded.len() > max_state;
+        if !failed && must_flush && !state.keys.is_empty() {
+            match self.spill(shard, window, &state, deadline).await {
+                Ok(()) => {
+                    state.spills += 1;
+                    state.since = state.applied.clone();
+                    state.keys.clear();
+                }
+                Err(()) => failed = true,
+            }
+        }
+        (state, failed)
+    }
+
+    /// Writes the state's aggregates, one item per key. No item is started inside the
+    /// deadline margin: a spill cut short is retried whole, as a failed one is (its items
+    /// are keyed by `state.since`, so the retry overwrites them with a superset).
     async fn spill(
         &self,
         shard: &str,
-        start_ms: i64,
-        width_ms: i64,
+        window: Span,
         state: &TumblingState,
-        is_final: bool,
+        deadline: Option<Instant>,
     ) -> Result<(), ()> {
+        let Span {
+            start_ms,
+            width_ms,
+            is_final,
+        } = window;
         let cfg: &WindowConfig = &self.settings().windows;
+        let margin = self.settings().batch.deadline_margin;
         let mut writes = Vec::new();
         for (key, metrics) in &state.keys {
             let window = WindowId {
@@ -239,7 +290,16 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             p.version = 1;
             writes.push(p);
         }
-        for p in &writes {
+        for (written, p) in writes.iter().enumerate() {
+            if deadline.is_some_and(|d| Instant::now() + margin >= d) {
+                tracing::warn!(
+                    shard,
+                    written,
+                    items = writes.len(),
+                    "Too close to the deadline to spill; reporting the records for retry."
+                );
+                return Err(());
+            }
             // Overwrite: a retry of this spill carries a superset of the same records.
             let existing = self
                 .windows()
@@ -256,4 +316,12 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         }
         Ok(())
     }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
