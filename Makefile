@@ -62,6 +62,11 @@ build: ## sam build: both functions as arm64 Lambda binaries (cargo-lambda + zig
 deploy: build ## sam deploy with samconfig.toml defaults (add GUIDED=1 the first time)
 	PATH="$(CURDIR)/$(TOOLS_BIN):$$PATH" $(TOOLS_BIN)/sam deploy $(if $(GUIDED),--guided,)
 
+.PHONY: soak
+soak: ## the pipeline under faults, crashes, a runner kill and a reshard, checked against an oracle (EVENTS=3000; RELIABILITY.md)
+	$(CARGO) build -p shardline
+	$(WITH_EMULATORS) target/debug/shardline soak --events $(or $(EVENTS),3000) $(SOAK_ARGS)
+
 .PHONY: demo
 demo: ## the whole pipeline locally: emulators, resources, traffic, both functions, summary (KEEP=1 keeps the emulators)
 	$(CARGO) build -p shardline

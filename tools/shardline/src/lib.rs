@@ -11,6 +11,7 @@ pub mod producer;
 pub mod query;
 pub mod replay;
 pub mod runner;
+pub mod soak;
 pub mod traffic;
 
 /// A function of the stack.

@@ -1,6 +1,7 @@
 //! `shardline`: the command line for working with shardline locally.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -161,6 +162,34 @@ enum Command {
         #[arg(long, default_value = "template.yaml")]
         template: PathBuf,
     },
+    /// The pipeline under faults (throttles, 5xx, timeouts, lost responses), crashes, a
+    /// runner killed with SIGKILL and a reshard, checked against an oracle computed from
+    /// the generated traffic; exits non-zero on any loss or double count (see
+    /// RELIABILITY.md).
+    Soak {
+        /// Background transactions (scenarios, re-sends and poison come on top).
+        #[arg(long, default_value_t = 3_000)]
+        events: usize,
+        /// Seed of the traffic, faults and crashes.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// Fault plan, `SHARDLINE_FAULTS` syntax (default: every kind on every service).
+        #[arg(long)]
+        faults: Option<String>,
+        /// Crash plan, `SHARDLINE_CRASH` syntax (default: 3 % of invocations and every
+        /// 4th).
+        #[arg(long)]
+        crash: Option<String>,
+        /// Share of records sent KPL-aggregated.
+        #[arg(long, default_value_t = 0.2)]
+        kpl_share: f64,
+        /// Seconds after its start the first runner is killed.
+        #[arg(long, default_value_t = 8)]
+        kill_after: u64,
+        /// The SAM template.
+        #[arg(long, default_value = "template.yaml")]
+        template: PathBuf,
+    },
 }
 
 #[tokio::main]
@@ -209,6 +238,39 @@ async fn main() -> anyhow::Result<()> {
                 span_ms: span,
             })
             .await
+        }
+        Command::Soak {
+            events,
+            seed,
+            faults,
+            crash,
+            kpl_share,
+            kill_after,
+            template,
+        } => {
+            let mut cfg = shardline::soak::SoakConfig::new(
+                events,
+                std::env::current_exe()?,
+                PathBuf::from(".local-run/soak"),
+            );
+            cfg.seed = seed;
+            cfg.template = template;
+            cfg.kpl_share = kpl_share;
+            cfg.kill_after = Duration::from_secs(kill_after);
+            if let Some(f) = faults {
+                cfg.faults = f;
+            } else {
+                cfg.faults = cfg.faults.replacen("seed=7", &format!("seed={seed}"), 1);
+            }
+            if let Some(c) = crash {
+                cfg.crash = c;
+            }
+            let report = shardline::soak::soak(&cfg).await?;
+            report.print();
+            if !report.clean() {
+                anyhow::bail!("the soak found {} problems", report.problems.len());
+            }
+            Ok(())
         }
         Command::Gen {
             events,
@@ -312,11 +374,15 @@ async fn main() -> anyhow::Result<()> {
         } => {
             check_endpoint()?;
             let mut t = template.load()?;
+            // Faults (SHARDLINE_FAULTS) are for the runner's and the functions' calls, not
+            // for setting up.
+            let clean = shardline_aws::sdk::load_sdk_config_without_faults().await;
             let sdk = shardline_aws::sdk::load_sdk_config().await;
             // Queue URLs (the functions' environment) come from the emulator.
-            shardline_aws::bootstrap::bootstrap(&sdk, &mut t)
+            shardline_aws::bootstrap::bootstrap(&clean, &mut t)
                 .await
                 .context("resources (run `shardline bootstrap` first)")?;
+            let mut counters: Vec<(String, Arc<shardline::runner::Stats>)> = Vec::new();
             let clients = Clients::new(&sdk);
             let mut runs = Vec::new();
             for f in t
@@ -343,8 +409,12 @@ async fn main() -> anyhow::Result<()> {
                         .physical()
                         .get("QuarantineQueue")
                         .map(|p| p.reference.clone()),
+                    stats: Some(Arc::default()),
                     ..RunOptions::default()
                 };
+                if let Some(st) = &opts.stats {
+                    counters.push((f.binary.clone(), st.clone()));
+                }
                 let clients = clients.clone();
                 runs.push(tokio::spawn(async move {
                     run(m, clients, invoker, on_failure, opts)
@@ -352,8 +422,30 @@ async fn main() -> anyhow::Result<()> {
                         .map(|s| (f.binary, s))
                 }));
             }
+            // For the soak: the counters, rewritten every half second (a runner killed
+            // with SIGKILL leaves its last ones).
+            let writer = std::env::var(shardline::soak::STATS_ENV).ok().map(|path| {
+                let counters = counters.clone();
+                tokio::spawn(async move {
+                    loop {
+                        shardline::soak::write_stats(&path, &counters);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                })
+            });
+            let mut result = Ok(());
             for r in runs {
-                let (name, s) = r.await??;
+                let (name, s) = match r.await {
+                    Ok(Ok(v)) => v,
+                    Ok(Err(e)) => {
+                        result = Err(e);
+                        continue;
+                    }
+                    Err(e) => {
+                        result = Err(e.into());
+                        continue;
+                    }
+                };
                 eprintln!(
                     "{name}: {} records, {} batches, {} retries, {} batches to OnFailure",
                     s.records.load(std::sync::atomic::Ordering::Relaxed),
@@ -362,7 +454,13 @@ async fn main() -> anyhow::Result<()> {
                     s.on_failure.load(std::sync::atomic::Ordering::Relaxed)
                 );
             }
-            Ok(())
+            if let Some(w) = writer {
+                w.abort();
+                if let Ok(path) = std::env::var(shardline::soak::STATS_ENV) {
+                    shardline::soak::write_stats(&path, &counters);
+                }
+            }
+            result
         }
     }
 }

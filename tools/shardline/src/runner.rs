@@ -168,6 +168,9 @@ pub struct RunOptions {
     pub quarantine_url: Option<String>,
     /// How long a shard's lease lasts unless renewed (it is renewed every third of it).
     pub lease: Duration,
+    /// Counters to update (a new set when `None`), so a caller can read them while the
+    /// run goes on.
+    pub stats: Option<Arc<Stats>>,
 }
 
 impl Default for RunOptions {
@@ -180,6 +183,7 @@ impl Default for RunOptions {
             status: false,
             quarantine_url: None,
             lease: Duration::from_secs(10),
+            stats: None,
         }
     }
 }
@@ -422,7 +426,7 @@ pub async fn run(
     opts: RunOptions,
 ) -> anyhow::Result<Arc<Stats>> {
     ensure_checkpoint_table(&clients.ddb).await?;
-    let stats = Arc::new(Stats::default());
+    let stats = opts.stats.clone().unwrap_or_default();
     let ctx = Arc::new(Ctx {
         m,
         c: clients,
