@@ -249,6 +249,10 @@ struct SoakRecord {
 /// Where a record landed: shard, sequence number, sub-sequence number.
 type Pos = (String, String, u32);
 
+/// A Kinesis record to put: its partition key, its data, and the soak records it
+/// carries with their sub-sequence numbers (one, or a KPL aggregate's).
+type Entry = (String, Vec<u8>, Vec<(usize, u32)>);
+
 /// Runs the soak and returns its report.
 pub async fn soak(cfg: &SoakConfig) -> anyhow::Result<SoakReport> {
     crate::common::check_endpoint()?;
@@ -553,8 +557,7 @@ async fn put(
             ))
         })
         .collect();
-    // Entries: (outer key, data, members as (record index, sub-sequence number)).
-    let mut entries: Vec<(String, Vec<u8>, Vec<(usize, u32)>)> = Vec::new();
+    let mut entries: Vec<Entry> = Vec::new();
     let idx: Vec<usize> = range.collect();
     for seg in idx.chunks(50) {
         if rng.random::<f64>() >= kpl_share {
@@ -568,7 +571,7 @@ async fn put(
             continue;
         }
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        let flush = |g: Vec<usize>, entries: &mut Vec<(String, Vec<u8>, Vec<(usize, u32)>)>| {
+        let flush = |g: Vec<usize>, entries: &mut Vec<Entry>| {
             if g.is_empty() {
                 return;
             }
