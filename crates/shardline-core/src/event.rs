@@ -20,6 +20,11 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 pub const MAX_AMOUNT_MINOR: i64 = 100_000_000_000;
 /// How far an event time may run ahead of the record's arrival time (clock skew).
 pub const DEFAULT_MAX_FUTURE_SKEW_MS: i64 = 5 * 60 * 1000;
+/// Oldest accepted event time, behind its arrival: 30 days keeps a terminal's
+/// store-and-forward upload weeks late, and keeps every item's TTL (window end plus
+/// retention) recent enough for DynamoDB to act on (it skips expiries more than five
+/// years past: <https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/howitworks-ttl.html>).
+pub const DEFAULT_MAX_EVENT_AGE_MS: i64 = 30 * 24 * 3_600_000;
 
 /// Channel through which a transaction was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -193,6 +198,12 @@ pub enum PoisonReason {
         /// How far ahead.
         ahead_ms: i64,
     },
+    /// The event time is further in the past than any delayed upload explains.
+    #[error("event time is {behind_ms} ms behind the record's arrival")]
+    StaleEventTime {
+        /// How far behind.
+        behind_ms: i64,
+    },
     /// `card_token` looks like a card number in clear (digits passing the Luhn check).
     #[error("card_token looks like a clear card number; producers must send a token")]
     ClearCardNumber,
@@ -321,6 +332,9 @@ impl PoisonReason {
             R::FutureEventTime { ahead_ms } if number_may_hold_pan(ahead_ms) => {
                 withheld("event_time", "ahead of the record's arrival")
             }
+            R::StaleEventTime { behind_ms } if number_may_hold_pan(behind_ms) => {
+                withheld("event_time", "behind the record's arrival")
+            }
             other => other,
         }
     }
@@ -339,6 +353,8 @@ pub struct DecodeLimits {
     pub max_payload_bytes: usize,
     /// Largest accepted lead of event time over arrival time.
     pub max_future_skew_ms: i64,
+    /// Largest accepted lag of event time behind arrival time.
+    pub max_event_age_ms: i64,
 }
 
 impl Default for DecodeLimits {
@@ -346,6 +362,7 @@ impl Default for DecodeLimits {
         Self {
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_future_skew_ms: DEFAULT_MAX_FUTURE_SKEW_MS,
+            max_event_age_ms: DEFAULT_MAX_EVENT_AGE_MS,
         }
     }
 }
@@ -690,6 +707,10 @@ fn decode_unredacted(
     if ahead_ms > limits.max_future_skew_ms {
         return Err(PoisonReason::FutureEventTime { ahead_ms });
     }
+    let behind_ms = arrival_ms.saturating_sub(event_time_ms);
+    if behind_ms > limits.max_event_age_ms {
+        return Err(PoisonReason::StaleEventTime { behind_ms });
+    }
     let loc = w.location.ok_or_else(|| missing("location"))?;
     let lat = loc.lat.ok_or_else(|| missing("location.lat"))?;
     let lon = loc.lon.ok_or_else(|| missing("location.lon"))?;
@@ -747,6 +768,30 @@ pub(crate) mod tests {
         assert_eq!(t.event_time_ms, ARRIVAL - 1750);
         let again = decode_txn(t.to_json().as_bytes(), ARRIVAL, &DecodeLimits::default()).unwrap();
         assert_eq!(again, t);
+    }
+
+    /// A window item's TTL is its window's end plus the retention: an event time years in
+    /// the past gives an item DynamoDB's TTL never deletes (it skips items whose expiry is
+    /// more than five years past), so event time is bounded below as well as above.
+    #[test]
+    fn an_event_time_far_before_arrival_is_poison() {
+        let day = 24 * 3_600_000;
+        let at = |behind: i64| {
+            let mut v = good();
+            v["event_time"] = format_rfc3339_ms(ARRIVAL - behind).into();
+            decode(&v)
+        };
+        assert!(at(29 * day).is_ok(), "a store-and-forward upload weeks late");
+        assert_eq!(
+            at(6 * 365 * day),
+            Err(PoisonReason::StaleEventTime {
+                behind_ms: 6 * 365 * day
+            })
+        );
+        assert!(matches!(
+            at(31 * day),
+            Err(PoisonReason::StaleEventTime { .. })
+        ));
     }
 
     #[test]

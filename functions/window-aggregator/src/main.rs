@@ -1,6 +1,9 @@
 //! Lambda entry point of window-aggregator: tracing, typed config and SDK clients once at
 //! cold start, then the runtime loop. All logic is in the library (`handler.rs`,
 //! `tumbling.rs`); a payload with a `window` is Lambda's tumbling-window mode.
+// The handler's future nests deeply (tumbling mode: panic catch, claims, lineage, spill);
+// its layout needs more than the default 128 query levels.
+#![recursion_limit = "256"]
 
 use std::time::Instant;
 

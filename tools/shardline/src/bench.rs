@@ -100,10 +100,12 @@ fn kpl_event(recs: &[crate::traffic::GenRecord]) -> Vec<u8> {
     serde_json::to_vec(&fixture_event(&aggregated, 0)).unwrap_or_default()
 }
 
-/// Decode limits for benchmark batches (their event times are fixed in the past).
+/// Decode limits for benchmark batches (their event times are fixed, their arrival
+/// times are not).
 pub fn bench_limits() -> DecodeLimits {
     DecodeLimits {
         max_future_skew_ms: i64::MAX,
+        max_event_age_ms: i64::MAX,
         ..DecodeLimits::default()
     }
 }
