@@ -594,6 +594,21 @@ pub fn redact_pans_str(s: &str) -> Cow<'_, str> {
     }
 }
 
+/// An identifier made safe to leave a function (alert ids, subjects, logs): unchanged
+/// unless it holds a run that reads as a card number; then that run is redacted and a
+/// 32-bit hash of the original is appended, so two such ids stay apart (alert ids are
+/// keys) and the same id always maps to the same text. 32 bits cannot give a card number
+/// back: some two million 16-digit numbers share each value.
+pub fn pan_safe_id(s: &str) -> Cow<'_, str> {
+    match redact_pans_str(s) {
+        Cow::Borrowed(b) => Cow::Borrowed(b),
+        Cow::Owned(r) => Cow::Owned(format!(
+            "{r}#{:08x}",
+            crate::window::hll::stable_hash(s) >> 32
+        )),
+    }
+}
+
 /// Redacts then truncates to `max_chars`: redacting first means a cut never leaves part
 /// of a card number behind.
 fn bounded_text(s: &str, max_chars: usize) -> String {
@@ -781,7 +796,10 @@ pub(crate) mod tests {
             v["event_time"] = format_rfc3339_ms(ARRIVAL - behind).into();
             decode(&v)
         };
-        assert!(at(29 * day).is_ok(), "a store-and-forward upload weeks late");
+        assert!(
+            at(29 * day).is_ok(),
+            "a store-and-forward upload weeks late"
+        );
         assert_eq!(
             at(6 * 365 * day),
             Err(PoisonReason::StaleEventTime {

@@ -533,11 +533,11 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
                 Ok(Put::Written) => {}
                 // A single writer should never lose a race; if it does, the retry re-reads.
                 Ok(Put::Conflict) => {
-                    tracing::warn!(pk = %partial.pk, "Window partial changed under its only writer.");
+                    tracing::warn!(pk = %shardline_core::event::pan_safe_id(&partial.pk), "Window partial changed under its only writer.");
                     note_failure(&mut failed_ix, ix);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, pk = %partial.pk, "Window partial write failed.");
+                    tracing::warn!(error = %e, pk = %shardline_core::event::pan_safe_id(&partial.pk), "Window partial write failed.");
                     note_failure(&mut failed_ix, ix);
                 }
             }

@@ -79,18 +79,21 @@ pub fn apply_card(profile: CardProfile, items: &[Item<'_, Txn>], rules: &RuleSet
                 // a second alert with the same key: DynamoDB rejects a BatchWriteItem
                 // that names a key twice, which would block the shard.
                 let alerted = || {
+                    let id = crate::event::pan_safe_id(&txn.event_id);
                     out.alerts
                         .iter()
-                        .any(|a| a.event_id.as_deref() == Some(&txn.event_id))
+                        .any(|a| a.event_id.as_deref() == Some(&*id))
                 };
                 if rules.alerts_on(&f) && !alerted() {
                     let s = rules.score(&f);
+                    // An event id that reads as a card number never leaves the function.
+                    let event_id = crate::event::pan_safe_id(&txn.event_id);
                     out.alerts.push(Alert {
-                        alert_id: alert_id(&txn.card_token, &txn.event_id),
+                        alert_id: alert_id(&txn.card_token, &event_id),
                         source: SOURCE.to_owned(),
                         subject: format!("card:{}", txn.card_token),
                         card_token: Some(txn.card_token.clone()),
-                        event_id: Some(txn.event_id.clone()),
+                        event_id: Some(event_id.into_owned()),
                         score: s.score,
                         reasons: s.reasons,
                         shadow_reasons: s.shadow_reasons,
@@ -175,6 +178,30 @@ mod tests {
         assert_eq!(again.replayed, 3);
         assert!(again.alerts.is_empty());
         assert_eq!(again.profile, first.profile);
+    }
+
+    /// An event id that reads as a card number never leaves in an alert.
+    #[test]
+    fn an_event_id_that_reads_as_a_card_number_is_not_in_the_alert() {
+        let rules = RuleSet::default_rules();
+        let metas = [meta("shardId-1", 0), meta("shardId-1", 1)];
+        let first = txn(0, 0.0, "US");
+        let mut far = txn(1, 60.0, "NO");
+        far.event_id = "4111111111111111".into();
+        let items = [
+            Item {
+                meta: &metas[0],
+                body: &first,
+            },
+            Item {
+                meta: &metas[1],
+                body: &far,
+            },
+        ];
+        let out = apply_card(CardProfile::new("tok"), &items, &rules);
+        assert_eq!(out.alerts.len(), 1, "impossible travel");
+        let json = serde_json::to_string(&out.alerts).unwrap();
+        assert!(!json.contains("4111111111111111"), "{json}");
     }
 
     #[test]
