@@ -100,6 +100,19 @@ fn problems(text: &str) -> Vec<String> {
                     need.binary
                 ));
             }
+            // The scorer keeps a lane's replay guard for REPLAY_HORIZON_MS after its last
+            // record arrived: Lambda must give a record up before then (-1 is forever).
+            let horizon_s = shardline_core::fraud::profile::REPLAY_HORIZON_MS / 1000;
+            let age = esm
+                .get("MaximumRecordAgeInSeconds")
+                .map(scalar)
+                .and_then(|a| a.parse::<i64>().ok());
+            if age.is_some_and(|a| !(1..=horizon_s).contains(&a)) {
+                out.push(format!(
+                    "{}: MaximumRecordAgeInSeconds must be 1..={horizon_s} (replay guards are kept that long)",
+                    need.binary
+                ));
+            }
             if esm.get("MaximumRecordAgeInSeconds").is_none()
                 || esm.get("DestinationConfig").is_none()
             {
@@ -279,6 +292,22 @@ fn a_wildcard_is_caught() {
     );
     assert!(
         problems(&bad).iter().any(|p| p.contains("wildcard action")),
+        "{:?}",
+        problems(&bad)
+    );
+}
+
+#[test]
+fn an_unbounded_record_age_is_caught() {
+    let bad = mutate(
+        &template_text(),
+        "MaximumRecordAgeInSeconds: 3600",
+        "MaximumRecordAgeInSeconds: -1",
+    );
+    assert!(
+        problems(&bad)
+            .iter()
+            .any(|p| p.contains("MaximumRecordAgeInSeconds must be")),
         "{:?}",
         problems(&bad)
     );

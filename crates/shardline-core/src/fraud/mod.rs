@@ -52,18 +52,18 @@ pub fn apply_card(profile: CardProfile, items: &[Item<'_, Txn>], rules: &RuleSet
     // A guard moves once per run of records under one guard (one shard and lane), to
     // the highest position of the run; inside the run, a position at or below that is a
     // replay. Records come sorted by position, so a lane's run is in order.
-    let mut run: Option<(std::borrow::Cow<'_, str>, &RecordPos)> = None;
+    let mut run: Option<(std::borrow::Cow<'_, str>, &RecordPos, i64)> = None;
     for item in items {
         let (meta, txn) = (item.meta, item.body);
         let guard = profile::guard_name(&meta.shard_id, meta.lane_key(), &txn.card_token);
-        if let Some((g, last)) = &run
+        if let Some((g, last, arrival)) = &run
             && *g != guard
         {
-            out.profile.mark_applied(g, last);
+            out.profile.mark_applied(g, last, *arrival);
             run = None;
         }
         let admission = match &run {
-            Some((_, last)) if meta.pos <= **last => Admission::Replayed,
+            Some((_, last, _)) if meta.pos <= **last => Admission::Replayed,
             _ => out.profile.admit(&guard, &meta.pos, &txn.event_id),
         };
         match admission {
@@ -108,11 +108,14 @@ pub fn apply_card(profile: CardProfile, items: &[Item<'_, Txn>], rules: &RuleSet
                 out.profile.update(txn);
             }
         }
-        run = Some((guard, &meta.pos));
+        let arrival = run
+            .as_ref()
+            .map_or(meta.arrival_ms, |r| r.2.max(meta.arrival_ms));
+        run = Some((guard, &meta.pos, arrival));
         out.changed = true;
     }
-    if let Some((g, last)) = run {
-        out.profile.mark_applied(&g, last);
+    if let Some((g, last, arrival)) = run {
+        out.profile.mark_applied(&g, last, arrival);
     }
     out
 }
@@ -178,6 +181,43 @@ mod tests {
         assert_eq!(again.replayed, 3);
         assert!(again.alerts.is_empty());
         assert_eq!(again.profile, first.profile);
+    }
+
+    /// A card whose records came under more outer keys (lanes) than guards were kept, an
+    /// hour of its events ago: a replay of its first lane, past the event-id memory's 15
+    /// minutes, is still a replay while Lambda can still send it.
+    #[test]
+    fn a_replay_of_an_old_lane_is_caught_after_many_lanes() {
+        let rules = RuleSet::default_rules();
+        let lanes = 12u64;
+        let metas: Vec<RecordMeta> = (0..lanes)
+            .map(|i| RecordMeta {
+                lane_key: Some(Arc::from(format!("other-card-{i}").as_str())),
+                arrival_ms: 1_764_140_400_000 + i as i64 * 300_000,
+                ..meta("shardId-1", i)
+            })
+            .collect();
+        // Five minutes apart: the first lanes' events leave the id memory.
+        let txns: Vec<Txn> = (0..lanes as u32)
+            .map(|i| {
+                let mut t = txn(i, 0.0, "US");
+                t.event_time_ms = 1_764_140_400_000 + i64::from(i) * 300_000;
+                t
+            })
+            .collect();
+        let items: Vec<Item<'_, Txn>> = metas
+            .iter()
+            .zip(&txns)
+            .map(|(meta, body)| Item { meta, body })
+            .collect();
+        let mut profile = CardProfile::new("tok");
+        for it in &items {
+            profile = apply_card(profile, std::slice::from_ref(it), &rules).profile;
+        }
+        assert_eq!(profile.txn_count, lanes);
+        let again = apply_card(profile.clone(), &items[..1], &rules);
+        assert_eq!(again.replayed, 1, "the first lane's record is a replay");
+        assert_eq!(again.profile.txn_count, lanes);
     }
 
     /// An event id that reads as a card number never leaves in an alert.

@@ -27,20 +27,67 @@ pub const DEDUPE_HORIZON_MS: i64 = 15 * 60_000;
 /// within [`DEDUPE_HORIZON_MS`] remembers its latest ones only (16 bytes each, so the
 /// memory never passes 2 KiB).
 pub const MAX_SEEN_IDS: usize = 128;
-/// Replay guards kept, one per (shard, lane) the card's records came from; the one moved
-/// longest ago (in the card's event time) is dropped first.
+/// Replay guards kept at least, one per (shard, lane) the card's records came from. More
+/// are kept while Lambda may still replay their records: a guard is dropped only once its
+/// last record arrived [`REPLAY_HORIZON_MS`] before the card's latest (Lambda stops
+/// delivering a record after MaximumRecordAgeInSeconds, 3,600 in the template), or past
+/// [`MAX_GUARDS_HARD`], the item-size bound.
 pub const MAX_GUARDS: usize = 8;
+/// Guards kept at most, whatever their age (about 200 bytes each).
+pub const MAX_GUARDS_HARD: usize = 48;
+/// How long after a record's arrival a replay of it can still come: the template's
+/// MaximumRecordAgeInSeconds (one hour), doubled.
+pub const REPLAY_HORIZON_MS: i64 = 2 * 3_600_000;
 /// Bytes of one remembered event id: its stable hash and the card clock when applied.
 const SEEN_ENTRY: usize = 16;
 
 /// A replay guard: the last position applied from one (shard, lane) of a card.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "GuardRepr")]
 pub struct Guard {
     /// Padded position (see [`RecordPos::to_padded`]) of the last record applied.
     pub pos: String,
-    /// The card's clock when the guard last moved (for eviction).
+    /// The card's clock when the guard last moved.
     #[serde(default)]
     pub clock_ms: i64,
+    /// Arrival time of the last record applied under it (for eviction), epoch ms.
+    #[serde(default)]
+    pub arrival_ms: i64,
+}
+
+/// A guard as stored: a map, or (profiles written before guards were per lane) the
+/// padded position alone.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum GuardRepr {
+    Pos(String),
+    Full {
+        pos: String,
+        #[serde(default)]
+        clock_ms: i64,
+        #[serde(default)]
+        arrival_ms: i64,
+    },
+}
+
+impl From<GuardRepr> for Guard {
+    fn from(r: GuardRepr) -> Self {
+        match r {
+            GuardRepr::Pos(pos) => Guard {
+                pos,
+                ..Guard::default()
+            },
+            GuardRepr::Full {
+                pos,
+                clock_ms,
+                arrival_ms,
+            } => Guard {
+                pos,
+                clock_ms,
+                arrival_ms,
+            },
+        }
+    }
 }
 
 /// A recent transaction, as much of it as the features need.
@@ -148,14 +195,18 @@ impl CardProfile {
         Admission::New
     }
 
-    /// Moves guard `guard` to `pos` (also for skipped duplicates, so they stay skipped
-    /// cheaply on replay); past [`MAX_GUARDS`], drops the guard moved longest ago.
-    pub fn mark_applied(&mut self, guard: &str, pos: &RecordPos) {
+    /// Moves guard `guard` to `pos`, a record that arrived at `arrival_ms` (also for
+    /// skipped duplicates, so they stay skipped cheaply on replay). Past [`MAX_GUARDS`],
+    /// drops guards whose records Lambda can no longer replay (arrived
+    /// [`REPLAY_HORIZON_MS`] before the newest), oldest first; past [`MAX_GUARDS_HARD`],
+    /// the oldest whatever its age.
+    pub fn mark_applied(&mut self, guard: &str, pos: &RecordPos, arrival_ms: i64) {
         let clock_ms = self.clock_ms;
         match self.applied.get_mut(guard) {
             Some(done) => {
                 done.pos = pos.to_padded();
                 done.clock_ms = clock_ms;
+                done.arrival_ms = done.arrival_ms.max(arrival_ms);
             }
             None => {
                 self.applied.insert(
@@ -163,19 +214,31 @@ impl CardProfile {
                     Guard {
                         pos: pos.to_padded(),
                         clock_ms,
+                        arrival_ms,
                     },
                 );
             }
         }
+        let newest = self
+            .applied
+            .values()
+            .map(|g| g.arrival_ms)
+            .max()
+            .unwrap_or_default();
         while self.applied.len() > MAX_GUARDS {
-            let oldest = self
+            let (oldest, arrived) = match self
                 .applied
                 .iter()
-                .min_by_key(|(k, g)| (g.clock_ms, *k))
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                self.applied.remove(&k);
+                .min_by_key(|(k, g)| (g.arrival_ms, g.clock_ms, *k))
+            {
+                Some((k, g)) => (k.clone(), g.arrival_ms),
+                None => break,
+            };
+            let replayable = arrived > newest.saturating_sub(REPLAY_HORIZON_MS);
+            if replayable && self.applied.len() <= MAX_GUARDS_HARD {
+                break;
             }
+            self.applied.remove(&oldest);
         }
     }
 
@@ -292,4 +355,19 @@ fn bump(list: &mut VecDeque<String>, v: &str, cap: usize) {
     };
     list.push_front(entry);
     list.truncate(cap);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Profiles stored before guards were per lane hold each guard as a padded position
+    /// string: they still read (an unreadable profile would fail every batch of its card).
+    #[test]
+    fn a_profile_stored_with_position_string_guards_still_reads() {
+        let old = r#"{"card_token":"tok","version":3,"applied":{"shardId-000000000001":"0000000049590"},"txn_count":2,"recent_ids":[1,2,3,4,5,6,7,8]}"#;
+        let p: CardProfile = serde_json::from_str(old).unwrap();
+        assert_eq!(p.applied["shardId-000000000001"].pos, "0000000049590");
+        assert_eq!(p.txn_count, 2);
+    }
 }
