@@ -212,39 +212,58 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         Ok(lineage)
     }
 
-    /// The claims a shard's records need, read from the shard and its ancestors.
+    /// The claims a shard's records need, read from the shard and its ancestors. Each
+    /// record comes as its event and its arrival time (0 when unknown).
     pub(crate) async fn claim_book<'t>(
         &self,
         shard: &str,
-        events: impl IntoIterator<Item = &'t Txn> + Clone,
+        records: impl IntoIterator<Item = (&'t Txn, i64)> + Clone,
     ) -> Result<ClaimBook, StoreError> {
-        let first = events
+        // Arrival times, or event times for records without one (fixtures).
+        let clock = |(t, arrival): (&Txn, i64)| {
+            if arrival > 0 {
+                arrival
+            } else {
+                t.event_time_ms
+            }
+        };
+        let first = records
             .clone()
             .into_iter()
-            .map(|t| t.event_time_ms)
+            .map(clock)
             .min()
+            .unwrap_or_default();
+        let now = records
+            .clone()
+            .into_iter()
+            .map(clock)
+            .max()
             .unwrap_or_default();
         let lineage = self.lineage(shard, first).await?;
         let keys = keys_to_read(
             shard,
             &lineage,
-            events
+            records
                 .into_iter()
-                .map(|t| (t.event_time_ms, stable_hash(&t.event_id))),
+                .map(|(t, _)| (t.event_time_ms, stable_hash(&t.event_id))),
         );
         let read = self.windows.get_claims(&keys).await?;
-        Ok(ClaimBook::new(shard, read))
+        Ok(ClaimBook::new(shard, read, now))
     }
 
-    /// Makes the claims a batch added durable, before any effect they guard.
-    pub(crate) async fn store_claims(&self, book: &ClaimBook) -> Result<(), StoreError> {
+    /// Makes durable the claims of the batch's records before `upto`.
+    pub(crate) async fn store_claims(
+        &self,
+        book: &ClaimBook,
+        upto: usize,
+    ) -> Result<(), StoreError> {
         if book.overflow > 0 {
             tracing::warn!(
                 overflow = book.overflow,
                 "Claim items full: these events' re-sends will not be recognised."
             );
         }
-        let items = book.dirty_items();
+        let items = book.dirty_items(upto);
         if items.is_empty() {
             return Ok(());
         }
@@ -376,7 +395,10 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
                 return fail_all();
             }
         };
-        let mut book = match self.claim_book(shard, items.iter().map(|i| i.body)).await {
+        let mut book = match self
+            .claim_book(shard, items.iter().map(|i| (i.body, i.meta.arrival_ms)))
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "Event-id claims read failed.");
@@ -385,11 +407,6 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         };
         let cfg = &self.settings.windows;
         let p: Plan = plan(items, &progress, &mut book, cfg);
-        // The claims first: once an effect lands, a re-send of its event must find them.
-        if let Err(e) = self.store_claims(&book).await {
-            tracing::warn!(error = %e, "Event-id claims write failed.");
-            return fail_all();
-        }
         let watermark = p.max_event_ms().map(|m| m - cfg.lateness_ms);
 
         let mut touched: BTreeMap<WindowId, KeyKind> = BTreeMap::new();
@@ -617,9 +634,26 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             note_failure(&mut failed_ix, &[i]);
         }
 
-        // Progress moves to the last record before the retry point.
+        // Progress moves to the last record before the retry point, once the claims of
+        // the records before it are durable (a record that fails leaves no claim behind, so
+        // a re-send of it counts should its batch be given up; one that was applied keeps
+        // its re-sends out from now on, on this shard and its children).
         let upto = failed_ix.unwrap_or(items.len());
         let mut lowest_failure = failed_ix.map(|i| items[i].meta.pos.seq.clone());
+        if let Err(e) = self.store_claims(&book, upto).await {
+            tracing::warn!(error = %e, "Event-id claims write failed.");
+            lowest_failure = first.clone();
+            let applied = 0;
+            return ShardResult {
+                lowest_failure,
+                partial_writes,
+                windows_touched: touched.len(),
+                applied,
+                late: 0,
+                duplicates: p.duplicates.len(),
+                alerts: alert_count,
+            };
+        }
         if let Some(next) = p.progress_at(items, upto)
             && next != progress
             && let Err(e) = self.put_progress(shard, &next).await

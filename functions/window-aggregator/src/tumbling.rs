@@ -128,9 +128,14 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             .min()
             .or_else(|| records.iter().map(|r| &r.meta.pos).min())
             .map(|pos| pos.seq.clone());
-        let mut items: Vec<(&RecordPos, &Txn)> = records
+        let mut items: Vec<(&RecordPos, &Txn, i64)> = records
             .iter()
-            .filter_map(|r| r.body.as_ref().ok().map(|t| (&r.meta.pos, t)))
+            .filter_map(|r| {
+                r.body
+                    .as_ref()
+                    .ok()
+                    .map(|t| (&r.meta.pos, t, r.meta.arrival_ms))
+            })
             .collect();
         items.sort_by(|a, b| a.0.cmp(b.0));
         let window = Span {
@@ -200,7 +205,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
     async fn fold_and_spill(
         &self,
         shard: &str,
-        items: Vec<(&RecordPos, &Txn)>,
+        items: Vec<(&RecordPos, &Txn, i64)>,
         mut state: TumblingState,
         window: Span,
         max_state: usize,
@@ -208,7 +213,10 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
     ) -> (TumblingState, bool) {
         // A producer's re-send of an event counted earlier, in this window or any other,
         // on this shard or an ancestor, is claimed by the original: it is skipped.
-        let mut book = match self.claim_book(shard, items.iter().map(|(_, t)| *t)).await {
+        let mut book = match self
+            .claim_book(shard, items.iter().map(|(_, t, arrival)| (*t, *arrival)))
+            .await
+        {
             Ok(b) => Some(b),
             Err(e) => {
                 tracing::warn!(error = %e, "Event-id claims read failed.");
@@ -216,13 +224,13 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             }
         };
         let mut failed = book.is_none();
-        for (pos, t) in items {
+        for (i, (pos, t, _)) in items.into_iter().enumerate() {
             let padded = pos.to_padded();
             if !state.applied.is_empty() && padded <= state.applied {
                 continue;
             }
             let Some(book) = book.as_mut() else { break };
-            if book.check(t.event_time_ms, stable_hash(&t.event_id), pos) == Verdict::Duplicate {
+            if book.check(t.event_time_ms, stable_hash(&t.event_id), pos, i) == Verdict::Duplicate {
                 state.applied = padded;
                 continue;
             }
@@ -236,9 +244,10 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
             state.applied = padded;
         }
 
-        // The claims before the state that holds their effects is returned.
+        // The claims before the state that holds their effects is returned (there is no
+        // later moment: the returned state is the commit).
         if let Some(book) = &book
-            && let Err(e) = self.store_claims(book).await
+            && let Err(e) = self.store_claims(book, usize::MAX).await
         {
             tracing::warn!(error = %e, "Event-id claims write failed.");
             failed = true;

@@ -164,10 +164,61 @@ fn a_resend_on_a_child_shard_after_a_reshard_counts_once() {
     assert_eq!(world.global(), expected(&ev));
 }
 
+/// The child's first batch holds an event two hours old (a delayed upload): its parents'
+/// claims must still be read for current events, whose re-sends it may carry.
 #[test]
-fn replaying_claimed_records_after_a_failed_write_counts_them_once() {
-    // Claims land, then the partial writes fail: the retry of the same records is not
-    // taken for duplicates of themselves.
+fn a_child_whose_first_batch_holds_an_old_event_still_sees_its_parents_claims() {
+    let ev = events(200, 100);
+    let parent: Vec<InRecord<Txn>> = ev
+        .iter()
+        .enumerate()
+        .map(|(i, t)| rec(0, i, t.clone()))
+        .collect();
+    let mut old = txn(9_999, 777, T0 - 2 * 3_600_000);
+    old.event_id = "delayed-upload".into();
+    let mut first = rec(1, 1_000, old.clone());
+    first.meta.arrival_ms = T0 + 30_000;
+    let mut resend = rec(1, 1_001, ev[150].clone());
+    resend.meta.arrival_ms = T0 + 30_000;
+    let world = World::default();
+    let parents = MemParents(HashMap::from([(
+        "shardId-000000000001".to_owned(),
+        vec!["shardId-000000000000".to_owned()],
+    )]));
+    let agg = world.agg().with_parents(Arc::new(parents));
+    rt().block_on(agg.handle_records(&parent, None));
+    rt().block_on(agg.handle_records(&[first, resend], None));
+    // A child's watermark starts afresh, so the old event counts; the re-send does not.
+    let mut all = ev.clone();
+    all.push(old);
+    assert_eq!(world.global(), expected(&all));
+}
+
+/// Claims of an event weeks old (accepted up to 30 days behind its arrival) must not
+/// carry a TTL already past when written.
+#[test]
+fn claims_of_an_old_event_expire_after_its_arrival_not_its_event_time() {
+    let old_t = T0 - 20 * 24 * 3_600_000;
+    let mut r = rec(0, 1, txn(1, 100, old_t));
+    r.meta.arrival_ms = T0;
+    let world = World::default();
+    rt().block_on(world.agg().handle_records(&[r], None));
+    let items = world.windows.claim_items();
+    assert!(!items.is_empty());
+    for i in items {
+        assert!(
+            i.expires_at * 1000 > T0,
+            "claim item expires at {} before the record arrived ({T0})",
+            i.expires_at * 1000
+        );
+    }
+}
+
+/// Claims come after the effects they guard: a batch whose writes fail leaves no claim
+/// behind, its retry counts each record once, and should Lambda give the batch up, a
+/// producer's re-send of one of its events still counts.
+#[test]
+fn a_failed_batch_leaves_no_claim_and_a_given_up_events_resend_counts() {
     let ev = events(40, 100);
     let recs: Vec<InRecord<Txn>> = ev
         .iter()
@@ -180,13 +231,23 @@ fn replaying_claimed_records_after_a_failed_write_counts_them_once() {
     let failed = rt().block_on(agg.handle_records(&recs, None));
     assert!(!failed.response.batch_item_failures.is_empty());
     assert!(
-        !world.windows.claim_items().is_empty(),
-        "claims written first"
+        world.windows.claim_items().is_empty(),
+        "no claim without its effects"
     );
     world.windows.faults.fail_next(0);
     let ok = rt().block_on(agg.handle_records(&recs, None));
     assert!(ok.response.batch_item_failures.is_empty());
     assert_eq!(world.global(), expected(&ev));
+
+    // Lambda gives a failing batch up (OnFailure); the producer re-sends event 3 later.
+    let world = World::default();
+    let agg = world.agg();
+    world.windows.faults.fail_next(1_000);
+    rt().block_on(agg.handle_records(&recs[..5], None));
+    world.windows.faults.fail_next(0);
+    let resend = [rec(0, 100, ev[3].clone())];
+    rt().block_on(agg.handle_records(&resend, None));
+    assert_eq!(world.global(), expected(&ev[3..4]), "the re-send counts");
 }
 
 // ---------- Lambda tumbling-window mode ----------

@@ -220,7 +220,7 @@ pub fn preaggregate(records: &[InRecord<Txn>]) -> usize {
     let p = plan(
         &items,
         &Default::default(),
-        &mut shardline_core::window::claims::ClaimBook::new("bench", []),
+        &mut shardline_core::window::claims::ClaimBook::new("bench", [], 0),
         &cfg,
     );
     let mut n = 0;

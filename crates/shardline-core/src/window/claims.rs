@@ -7,8 +7,11 @@
 //! original's event time, so it finds the original's claim in the one item its own event
 //! time names, however late it comes, for as long as that item is kept
 //! ([`CLAIM_RETENTION_MS`]). A record whose id is claimed by *its own* position is a
-//! replay of itself (a retried batch), not a duplicate: claims are written before the
-//! effects they guard and stay correct whether the effects then land or not.
+//! replay of itself (a retried batch), not a duplicate. The event-time aggregator writes
+//! the claims of the records whose effects are durable, after those effects and before
+//! the shard's progress moves past them: a record whose batch is given up leaves no claim,
+//! so its re-send still counts. (Lambda's tumbling mode writes them before it returns the
+//! state that holds the effects; see RELIABILITY.md.)
 //!
 //! Each shard writes only its own claim items (the aggregator's mapping has
 //! ParallelizationFactor 1, so one writer per shard) and reads its ancestors' after a
@@ -32,12 +35,13 @@ pub const CLAIM_CHUNKS: u64 = 4;
 /// 1,000 records a second unless a KPL aggregates several); past that, records are still
 /// applied but their re-sends are not recognised (counted as overflow).
 pub const MAX_CLAIMS_PER_ITEM: usize = 20_000;
-/// How long claims are kept past their minute (DynamoDB TTL, on event time).
+/// How long claims are kept past their minute, or past the arrival of the batch that
+/// wrote them if that is later (an event may arrive weeks after its event time).
 pub const CLAIM_RETENTION_MS: i64 = 24 * 60 * 60_000;
-/// A child shard reads its ancestors' claims for events up to this long after its first
-/// event: a producer re-sends within minutes, so a re-send of an event the parent
-/// applied reaches the child early in the child's life.
-pub const ANCESTOR_HORIZON_MS: i64 = 60 * 60_000;
+/// A child shard reads its ancestors' claims for slices up to this long after its first
+/// record's arrival: its parents' records all arrived before that, and an event time
+/// more than 5 minutes past its arrival is poison, so no ancestor claimed a later slice.
+pub const ANCESTOR_HORIZON_MS: i64 = 10 * 60_000;
 /// Ancestors (parents, grandparents, ...) whose claims a shard reads, nearest first.
 pub const MAX_ANCESTORS: usize = 6;
 /// Bytes of one claim.
@@ -82,13 +86,13 @@ pub struct ClaimItem {
 }
 
 impl ClaimItem {
-    /// An empty item for a key.
-    pub fn new(key: &ClaimKey) -> Self {
+    /// An empty item for a key, written by a batch that arrived up to `now_ms`.
+    pub fn new(key: &ClaimKey, now_ms: i64) -> Self {
         Self {
             pk: key.pk(),
             sk: key.sk(),
             claims: Vec::new(),
-            expires_at: (key.slice_ms + CLAIM_SLICE_MS + CLAIM_RETENTION_MS) / 1000,
+            expires_at: expiry(key, now_ms),
         }
     }
 
@@ -109,13 +113,20 @@ impl ClaimItem {
     }
 }
 
+/// The TTL of a claim item of `key` written at `now_ms`: its minute's end or the write,
+/// whichever is later, plus the retention.
+fn expiry(key: &ClaimKey, now_ms: i64) -> i64 {
+    ((key.slice_ms + CLAIM_SLICE_MS).max(now_ms) + CLAIM_RETENTION_MS) / 1000
+}
+
 /// A shard's ancestry for claims: the shards whose claims it reads, and since when.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lineage {
     /// Ancestors, nearest first, at most [`MAX_ANCESTORS`].
     pub ancestors: Vec<String>,
-    /// The shard's first event time: ancestors are read for slices up to
-    /// [`ANCESTOR_HORIZON_MS`] after it.
+    /// The arrival time of the shard's first records (their event time when the records
+    /// carry no arrival): ancestors are read for slices up to [`ANCESTOR_HORIZON_MS`]
+    /// after it.
     pub since_ms: i64,
 }
 
@@ -180,21 +191,30 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct ClaimBook {
     shard: String,
+    now_ms: i64,
     /// (slice, id hash) to the claiming position's hash.
     known: HashMap<(i64, u64), u64>,
-    /// The shard's own items as read (or new), by key.
+    /// The shard's own items as read, by key.
     own: BTreeMap<ClaimKey, ClaimItem>,
-    /// Keys whose item gained claims.
-    dirty: std::collections::BTreeSet<ClaimKey>,
+    /// Claims made by this batch: key, id hash, position hash, the record's index.
+    pending: Vec<(ClaimKey, u64, u64, usize)>,
+    /// Claims per own key, stored and pending (to keep items under the cap).
+    sizes: HashMap<ClaimKey, usize>,
     /// Claims not stored because their item was full.
     pub overflow: usize,
 }
 
 impl ClaimBook {
-    /// A book over the items read for `shard` (its own and its ancestors').
-    pub fn new(shard: &str, read: impl IntoIterator<Item = (ClaimKey, ClaimItem)>) -> Self {
+    /// A book over the items read for `shard` (its own and its ancestors'), for a batch
+    /// whose records arrived up to `now_ms`.
+    pub fn new(
+        shard: &str,
+        read: impl IntoIterator<Item = (ClaimKey, ClaimItem)>,
+        now_ms: i64,
+    ) -> Self {
         let mut book = Self {
             shard: shard.to_owned(),
+            now_ms,
             ..Self::default()
         };
         for (key, item) in read {
@@ -202,15 +222,16 @@ impl ClaimBook {
                 book.known.entry((key.slice_ms, id)).or_insert(pos);
             }
             if key.shard == shard {
+                book.sizes.insert(key.clone(), item.len());
                 book.own.insert(key, item);
             }
         }
         book
     }
 
-    /// Checks the record at `pos` with event time `t_ms` and event id hash `id_hash`,
-    /// claiming the event when nobody has.
-    pub fn check(&mut self, t_ms: i64, id_hash: u64, pos: &RecordPos) -> Verdict {
+    /// Checks record `index` of the batch, at `pos` with event time `t_ms` and event id
+    /// hash `id_hash`, claiming the event when nobody has.
+    pub fn check(&mut self, t_ms: i64, id_hash: u64, pos: &RecordPos, index: usize) -> Verdict {
         let key = key_for(&self.shard, t_ms, id_hash);
         let mine = pos_hash(pos);
         match self.known.get(&(key.slice_ms, id_hash)) {
@@ -219,26 +240,34 @@ impl ClaimBook {
             None => {}
         }
         self.known.insert((key.slice_ms, id_hash), mine);
-        let item = self
-            .own
-            .entry(key.clone())
-            .or_insert_with(|| ClaimItem::new(&key));
-        if item.len() >= MAX_CLAIMS_PER_ITEM {
+        let size = self.sizes.entry(key.clone()).or_default();
+        if *size >= MAX_CLAIMS_PER_ITEM {
             self.overflow += 1;
             return Verdict::New;
         }
-        item.claims.extend_from_slice(&id_hash.to_le_bytes());
-        item.claims.extend_from_slice(&mine.to_le_bytes());
-        self.dirty.insert(key);
+        *size += 1;
+        self.pending.push((key, id_hash, mine, index));
         Verdict::New
     }
 
-    /// The own items that gained claims: to be written before the effects they guard.
-    pub fn dirty_items(&self) -> Vec<ClaimItem> {
-        self.dirty
-            .iter()
-            .filter_map(|k| self.own.get(k).cloned())
-            .collect()
+    /// The own items with the claims of records before `upto` (the records whose effects
+    /// are durable), to be written before the shard's progress moves past them.
+    pub fn dirty_items(&self, upto: usize) -> Vec<ClaimItem> {
+        let mut out: BTreeMap<&ClaimKey, ClaimItem> = BTreeMap::new();
+        for (key, id, pos, _) in self.pending.iter().filter(|c| c.3 < upto) {
+            let item = out.entry(key).or_insert_with(|| {
+                let mut item = self
+                    .own
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_else(|| ClaimItem::new(key, self.now_ms));
+                item.expires_at = item.expires_at.max(expiry(key, self.now_ms));
+                item
+            });
+            item.claims.extend_from_slice(&id.to_le_bytes());
+            item.claims.extend_from_slice(&pos.to_le_bytes());
+        }
+        out.into_values().collect()
     }
 }
 
@@ -255,13 +284,13 @@ mod tests {
 
     #[test]
     fn a_record_is_new_then_its_own_replay_then_a_resend_is_a_duplicate() {
-        let mut book = ClaimBook::new("shard-0", []);
-        assert_eq!(book.check(T, 7, &pos(1)), Verdict::New);
-        assert_eq!(book.check(T, 7, &pos(1)), Verdict::Own);
-        assert_eq!(book.check(T, 7, &pos(9)), Verdict::Duplicate);
+        let mut book = ClaimBook::new("shard-0", [], T);
+        assert_eq!(book.check(T, 7, &pos(1), 0), Verdict::New);
+        assert_eq!(book.check(T, 7, &pos(1), 0), Verdict::Own);
+        assert_eq!(book.check(T, 7, &pos(9), 0), Verdict::Duplicate);
         // The same id at another minute is another event.
-        assert_eq!(book.check(T + CLAIM_SLICE_MS, 7, &pos(10)), Verdict::New);
-        let items = book.dirty_items();
+        assert_eq!(book.check(T + CLAIM_SLICE_MS, 7, &pos(10), 0), Verdict::New);
+        let items = book.dirty_items(usize::MAX);
         assert_eq!(items.len(), 2);
         // Stored and read back (a later batch): same verdicts.
         let read: Vec<(ClaimKey, ClaimItem)> = items
@@ -279,22 +308,25 @@ mod tests {
                 )
             })
             .collect();
-        let mut later = ClaimBook::new("shard-0", read);
-        assert_eq!(later.check(T, 7, &pos(1)), Verdict::Own);
-        assert_eq!(later.check(T, 7, &pos(30)), Verdict::Duplicate);
-        assert!(later.dirty_items().is_empty(), "nothing new to write");
+        let mut later = ClaimBook::new("shard-0", read, T);
+        assert_eq!(later.check(T, 7, &pos(1), 0), Verdict::Own);
+        assert_eq!(later.check(T, 7, &pos(30), 0), Verdict::Duplicate);
+        assert!(
+            later.dirty_items(usize::MAX).is_empty(),
+            "nothing new to write"
+        );
     }
 
     #[test]
     fn a_child_sees_its_parents_claims_and_writes_only_its_own() {
-        let mut parent = ClaimBook::new("shardId-0", []);
-        assert_eq!(parent.check(T, 42, &pos(1)), Verdict::New);
+        let mut parent = ClaimBook::new("shardId-0", [], T);
+        assert_eq!(parent.check(T, 42, &pos(1), 0), Verdict::New);
         let key = key_for("shardId-0", T, 42);
-        let parent_item = parent.dirty_items().remove(0);
-        let mut child = ClaimBook::new("shardId-1", [(key, parent_item)]);
-        assert_eq!(child.check(T, 42, &pos(5)), Verdict::Duplicate);
-        assert_eq!(child.check(T, 43, &pos(6)), Verdict::New);
-        let written = child.dirty_items();
+        let parent_item = parent.dirty_items(usize::MAX).remove(0);
+        let mut child = ClaimBook::new("shardId-1", [(key, parent_item)], T);
+        assert_eq!(child.check(T, 42, &pos(5), 0), Verdict::Duplicate);
+        assert_eq!(child.check(T, 43, &pos(6), 0), Verdict::New);
+        let written = child.dirty_items(usize::MAX);
         assert_eq!(written.len(), 1);
         assert_eq!(written[0].pk, "claims#shardId-1");
     }
@@ -319,13 +351,13 @@ mod tests {
 
     #[test]
     fn a_full_item_takes_no_more_claims_and_counts_the_overflow() {
-        let mut book = ClaimBook::new("s", []);
+        let mut book = ClaimBook::new("s", [], T);
         // Every id in one chunk: multiples of CLAIM_CHUNKS.
         for i in 0..=MAX_CLAIMS_PER_ITEM as u64 {
-            assert_eq!(book.check(T, i * CLAIM_CHUNKS, &pos(i)), Verdict::New);
+            assert_eq!(book.check(T, i * CLAIM_CHUNKS, &pos(i), 0), Verdict::New);
         }
         assert_eq!(book.overflow, 1);
-        let items = book.dirty_items();
+        let items = book.dirty_items(usize::MAX);
         assert_eq!(items[0].claims.len(), MAX_CLAIMS_PER_ITEM * CLAIM_BYTES);
         assert!(
             items[0].claims.len() < 400_000 - 1_000,
@@ -344,5 +376,26 @@ mod tests {
             ..a.clone()
         };
         assert_ne!(pos_hash(&a), pos_hash(&b));
+    }
+
+    #[test]
+    fn only_the_claims_of_durable_records_are_written() {
+        let mut book = ClaimBook::new("s", [], T);
+        assert_eq!(book.check(T, 1, &pos(1), 0), Verdict::New);
+        assert_eq!(book.check(T, 2, &pos(2), 1), Verdict::New);
+        assert_eq!(book.check(T, 3, &pos(3), 2), Verdict::New);
+        let claimed =
+            |items: Vec<ClaimItem>| -> usize { items.iter().map(|i| i.entries().count()).sum() };
+        assert_eq!(
+            claimed(book.dirty_items(1)),
+            1,
+            "record 1 failed: no claim from it on"
+        );
+        assert_eq!(claimed(book.dirty_items(usize::MAX)), 3);
+        assert!(
+            book.dirty_items(usize::MAX)
+                .iter()
+                .all(|i| i.expires_at * 1000 >= T + CLAIM_RETENTION_MS)
+        );
     }
 }

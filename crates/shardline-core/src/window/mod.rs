@@ -478,7 +478,7 @@ pub fn plan(
         }
         applied = Some(i);
         let h = hll::stable_hash(&it.body.event_id);
-        if claims.check(it.body.event_time_ms, h, &it.meta.pos) == claims::Verdict::Duplicate {
+        if claims.check(it.body.event_time_ms, h, &it.meta.pos, i) == claims::Verdict::Duplicate {
             // A producer sent this event twice: the first copy already counted.
             p.duplicates.push(i);
             p.max_event_after.push(max_event);
@@ -667,7 +667,7 @@ mod tests {
         let p = plan(
             &items,
             &ShardProgress::default(),
-            &mut claims::ClaimBook::new("s", []),
+            &mut claims::ClaimBook::new("s", [], 0),
             &cfg,
         );
         assert_eq!(p.late.len(), 2);
@@ -713,14 +713,14 @@ mod tests {
         let p = plan(
             &items,
             &ShardProgress::default(),
-            &mut claims::ClaimBook::new("s", []),
+            &mut claims::ClaimBook::new("s", [], 0),
             &cfg,
         );
         assert!(p.late.is_empty(), "{:?}", p.late);
         // The future-stamped record still counts in its own windows.
         assert!(p.on_time.keys().any(|w| w.start_ms > now));
         // Any split gives the same verdict: the watermark is stored with the progress.
-        let mut book = claims::ClaimBook::new("s", []);
+        let mut book = claims::ClaimBook::new("s", [], 0);
         let first = plan(&items[..1], &ShardProgress::default(), &mut book, &cfg);
         let rest = plan(
             &items,
@@ -749,7 +749,7 @@ mod tests {
         let p = plan(
             &items,
             &ShardProgress::default(),
-            &mut claims::ClaimBook::new("s", []),
+            &mut claims::ClaimBook::new("s", [], 0),
             &cfg,
         );
         assert_eq!(p.late.len(), 1);
@@ -771,10 +771,10 @@ mod tests {
         let full = plan(
             &items,
             &ShardProgress::default(),
-            &mut claims::ClaimBook::new("s", []),
+            &mut claims::ClaimBook::new("s", [], 0),
             &cfg,
         );
-        let mut book = claims::ClaimBook::new("s", []);
+        let mut book = claims::ClaimBook::new("s", [], 0);
         let first = plan(&items[..3], &ShardProgress::default(), &mut book, &cfg);
         let rest = plan(
             &items,
