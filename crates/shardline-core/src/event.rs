@@ -596,15 +596,18 @@ pub fn redact_pans_str(s: &str) -> Cow<'_, str> {
 
 /// An identifier made safe to leave a function (alert ids, subjects, logs): unchanged
 /// unless it holds a run that reads as a card number; then that run is redacted and a
-/// 32-bit hash of the original is appended, so two such ids stay apart (alert ids are
-/// keys) and the same id always maps to the same text. 32 bits cannot give a card number
-/// back: some two million 16-digit numbers share each value.
+/// 16-bit hash of the original is appended, so two such ids almost always stay apart
+/// (alert ids are keys) and the same id always maps to the same text. 16 bits cannot give
+/// a card number back: even with its issuer's 6-digit BIN known, some 15,000 valid card
+/// numbers share each value (an unkeyed hash wide enough to tell them apart could be
+/// reversed by trying them all). Writers drop a colliding alert id rather than send it
+/// twice in one batch.
 pub fn pan_safe_id(s: &str) -> Cow<'_, str> {
     match redact_pans_str(s) {
         Cow::Borrowed(b) => Cow::Borrowed(b),
         Cow::Owned(r) => Cow::Owned(format!(
-            "{r}#{:08x}",
-            crate::window::hll::stable_hash(s) >> 32
+            "{r}#{:04x}",
+            crate::window::hll::stable_hash(s) >> 48
         )),
     }
 }

@@ -586,6 +586,11 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
                 }
             }
         }
+        // One BatchWriteItem must not name a key twice (DynamoDB rejects it, and the shard
+        // would retry forever): ids that collide (a 16-bit hash in a card-number-like
+        // merchant id) keep the first alert.
+        let mut ids = std::collections::HashSet::new();
+        alerts.retain(|(a, _)| ids.insert(a.alert_id.clone()));
         let alert_count = alerts.len();
         for chunk in alerts.chunks(MAX_BATCH_WRITE) {
             let batch: Vec<Alert> = chunk.iter().map(|(a, _)| a.clone()).collect();
