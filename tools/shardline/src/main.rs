@@ -186,6 +186,9 @@ enum Command {
         /// Seconds after its start the first runner is killed.
         #[arg(long, default_value_t = 8)]
         kill_after: u64,
+        /// Shards at the start (one is split while the first runner works).
+        #[arg(long, default_value_t = 2)]
+        shards: u32,
         /// The SAM template.
         #[arg(long, default_value = "template.yaml")]
         template: PathBuf,
@@ -246,6 +249,7 @@ async fn main() -> anyhow::Result<()> {
             crash,
             kpl_share,
             kill_after,
+            shards,
             template,
         } => {
             let mut cfg = shardline::soak::SoakConfig::new(
@@ -257,6 +261,7 @@ async fn main() -> anyhow::Result<()> {
             cfg.template = template;
             cfg.kpl_share = kpl_share;
             cfg.kill_after = Duration::from_secs(kill_after);
+            cfg.shards = shards;
             if let Some(f) = faults {
                 cfg.faults = f;
             } else {

@@ -667,30 +667,15 @@ async fn process_shard(
         done.lock().await.insert(shard);
         return Ok(());
     }
-    let mut iterator = {
-        let req = ctx
-            .c
-            .kinesis
-            .get_shard_iterator()
-            .stream_name(&ctx.m.stream)
-            .shard_id(&shard);
-        let req = match &cp.seq {
-            Some(seq) => req
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(seq),
-            None if ctx.m.starting_position == "LATEST" => {
-                req.shard_iterator_type(ShardIteratorType::Latest)
-            }
-            None => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
-        };
-        req.send()
-            .await
-            .context("GetShardIterator")?
-            .shard_iterator()
-            .map(str::to_owned)
-    };
+    let mut iterator = shard_iterator(ctx, &shard, cp.seq.as_deref()).await?;
+    // The last sequence number read into the buffer: where a fresh iterator starts when
+    // the current one expires (Kinesis iterators live 300 s, and a batch under retries,
+    // faults and a slow store can take longer than that).
+    let mut last_read: Option<String> = cp.seq.clone();
     let mut buffer: Vec<Record> = Vec::new();
+
     let mut empty_polls = 0u32;
+    let mut get_errors = 0u32;
     let mut window_state: Option<(i64, Value)> = cp
         .state
         .as_ref()
@@ -702,7 +687,7 @@ async fn process_shard(
         // Fill the buffer (one GetRecords per pass; a shard gives 5 reads/s in AWS).
         let mut drained = false;
         if let Some(it) = iterator.clone() {
-            let resp = ctx
+            let resp = match ctx
                 .c
                 .kinesis
                 .get_records()
@@ -710,13 +695,37 @@ async fn process_shard(
                 .limit(10_000)
                 .send()
                 .await
-                .context("GetRecords")?;
+            {
+                Ok(r) => r,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_expired_iterator_exception()) =>
+                {
+                    iterator = shard_iterator(ctx, &shard, last_read.as_deref()).await?;
+                    continue;
+                }
+                Err(e) => {
+                    // Throttled or failing after the SDK's own retries: Lambda's poller
+                    // waits and polls again; so does this one (bounded).
+                    get_errors += 1;
+                    if get_errors > 20 {
+                        return Err(e).context("GetRecords, 20 times in a row");
+                    }
+                    tracing::warn!(error = %e, shard = %shard, "GetRecords failed; polling again.");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(get_errors))).await;
+                    continue;
+                }
+            };
+            get_errors = 0;
             ctx.stats
                 .iterator_age
                 .lock()
                 .await
                 .insert(shard.clone(), resp.millis_behind_latest().unwrap_or(0));
             let got = resp.records().len();
+            if let Some(r) = resp.records().last() {
+                last_read = Some(r.sequence_number().to_owned());
+            }
             buffer.extend(resp.records().iter().cloned());
             iterator = resp.next_shard_iterator().map(str::to_owned);
             drained = got == 0;
@@ -769,6 +778,36 @@ async fn process_shard(
             .map(|(s, st)| json!({"window_start": s, "state": st}));
         ctx.save_cp(&shard, &cp).await?;
     }
+}
+
+/// An iterator for `shard`: after `after` (a sequence number), or at the mapping's
+/// starting position.
+async fn shard_iterator(
+    ctx: &Ctx,
+    shard: &str,
+    after: Option<&str>,
+) -> anyhow::Result<Option<String>> {
+    let req = ctx
+        .c
+        .kinesis
+        .get_shard_iterator()
+        .stream_name(&ctx.m.stream)
+        .shard_id(shard);
+    let req = match after {
+        Some(seq) => req
+            .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+            .starting_sequence_number(seq),
+        None if ctx.m.starting_position == "LATEST" => {
+            req.shard_iterator_type(ShardIteratorType::Latest)
+        }
+        None => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+    };
+    Ok(req
+        .send()
+        .await
+        .context("GetShardIterator")?
+        .shard_iterator()
+        .map(str::to_owned))
 }
 
 /// How many records of `buffer` fit one round (count and the 6 MB payload cap).

@@ -612,6 +612,9 @@ async fn put(
     }
     // PutRecords, 500 entries or 4 MB a call, failed entries re-sent (bounded).
     let mut pending: Vec<usize> = (0..entries.len()).collect();
+    let started = Instant::now();
+    let mut done = 0usize;
+    let mut shown = 0usize;
     for attempt in 0..20 {
         if pending.is_empty() {
             break;
@@ -652,11 +655,20 @@ async fn put(
                         for &(i, sub) in &entries[e].2 {
                             placed.insert(i, (shard.to_owned(), seq.to_owned(), sub));
                         }
+                        done += 1;
                     }
                     _ => failed.push(e),
                 }
             }
             start = end;
+            if done >= shown + 10_000 {
+                shown = done;
+                eprintln!(
+                    "soak: put {done} of {} Kinesis records ({:.0} s)",
+                    entries.len(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
         }
         pending = failed;
     }
