@@ -464,6 +464,22 @@ impl<Q: Quarantine> BatchProcessor<Q> {
     }
 }
 
+/// The deadline to work to: `None` when the invocation starts past it. Lambda never
+/// does (an invocation has its whole timeout); a local emulator may (`cargo lambda watch`
+/// counts its build of the function into the first invocation's time), and a handler
+/// honouring a deadline already past would report every record without trying one.
+pub fn live_deadline(deadline: Option<Instant>) -> Option<Instant> {
+    match deadline {
+        Some(d) if d <= Instant::now() => {
+            tracing::warn!(
+                "The invocation started past its deadline (a local emulator?); working without one."
+            );
+            None
+        }
+        other => other,
+    }
+}
+
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()

@@ -169,6 +169,7 @@ where
         records: &[InRecord<Txn>],
         deadline: Option<Instant>,
     ) -> Report {
+        let deadline = shardline_core::batch::live_deadline(deadline);
         let rules = self.current_rules().await;
         let mut by_card: HashMap<&str, Vec<Item<'_, Txn>>> = HashMap::new();
         for r in records {

@@ -773,3 +773,26 @@ proptest! {
         }
     }
 }
+
+/// `cargo lambda watch` builds the function inside the first invocation's time, so the
+/// invocation can start past the deadline it was given: it still does its work (Lambda
+/// itself never starts one past its deadline).
+#[test]
+fn an_invocation_started_past_its_deadline_still_applies_its_records() {
+    let recs: Vec<InRecord<Txn>> = (0..5)
+        .map(|i| {
+            rec(
+                "shardId-000000000000",
+                i,
+                txn(i, 0, 1, 1_000, T0 + i as i64),
+            )
+        })
+        .collect();
+    let world = World::default();
+    let rt = rt();
+    let past =
+        rt.block_on(async { tokio::time::Instant::now() - std::time::Duration::from_secs(5) });
+    let r = rt.block_on(world.scorer().handle_records(&recs, Some(past)));
+    assert!(r.response.batch_item_failures.is_empty());
+    assert_eq!(world.profiles.snapshot()["tok_0"].txn_count, 5);
+}

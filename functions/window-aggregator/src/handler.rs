@@ -315,6 +315,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         records: &[InRecord<Txn>],
         deadline: Option<Instant>,
     ) -> Report {
+        let deadline = shardline_core::batch::live_deadline(deadline);
         let mut by_shard: BTreeMap<&str, Vec<Item<'_, Txn>>> = BTreeMap::new();
         for r in records {
             if let Ok(body) = &r.body {

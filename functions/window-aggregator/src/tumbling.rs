@@ -101,6 +101,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         deadline: Option<Instant>,
         max_state: usize,
     ) -> Result<TumblingResponse, HandlerError> {
+        let deadline = shardline_core::batch::live_deadline(deadline);
         let props: TimeWindowProperties =
             serde_json::from_slice(payload).map_err(shardline_aws::kinesis::EnvelopeError::Json)?;
         let records = decode_event_json(payload, &self.settings().limits)?;

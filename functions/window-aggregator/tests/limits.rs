@@ -115,8 +115,9 @@ fn too_little_time_before_the_deadline_reports_the_batch_instead_of_writing() {
         settings(),
     );
     let payload = event(10);
-    // The deadline is now: Lambda would kill the invocation in the middle of its writes.
-    let deadline = Some(tokio::time::Instant::now());
+    // The deadline is inside the margin (500 ms): Lambda would kill the invocation in the
+    // middle of its writes.
+    let deadline = Some(tokio::time::Instant::now() + std::time::Duration::from_millis(250));
     let report = rt().block_on(agg.handle(&payload, deadline)).unwrap();
     assert_eq!(
         failure(&report.response),
