@@ -77,3 +77,7 @@ bench: ## figures of BENCHMARKS.md: criterion benches, then `shardline bench` (r
 	$(CARGO) build --release -p shardline -p fraud-scorer -p window-aggregator
 	target/release/shardline bench --throughput-only
 	$(WITH_EMULATORS) target/release/shardline bench --skip-throughput
+
+.PHONY: fuzz
+fuzz: ## fuzz the decoders with afl.rs (TARGET=envelope|kpl|txn|all, FUZZ_SECONDS per target, default 60); see RELIABILITY.md
+	fuzz/run.sh $(or $(TARGET),all) $(or $(FUZZ_SECONDS),60)

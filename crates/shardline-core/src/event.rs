@@ -393,10 +393,27 @@ struct WireIn<'a> {
 
 #[derive(Deserialize)]
 struct LocationIn<'a> {
-    lat: Option<f64>,
-    lon: Option<f64>,
+    lat: Option<Coord>,
+    lon: Option<Coord>,
     #[serde(borrow)]
     country: Option<Cow<'a, str>>,
+}
+
+/// A coordinate parsed from the number's own digits with Rust's correctly rounded
+/// parser: serde_json's default one (without its `float_roundtrip` feature) can be a unit
+/// in the last place off for 17 significant digits, so an event written by
+/// [`Txn::to_json`] did not always decode to the same coordinates.
+struct Coord(f64);
+
+impl<'de> Deserialize<'de> for Coord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = <&serde_json::value::RawValue>::deserialize(d)?;
+        // Only a JSON number parses: anything else keeps its quotes or brackets.
+        raw.get()
+            .parse()
+            .map(Coord)
+            .map_err(|_| serde::de::Error::custom("invalid type: expected a number"))
+    }
 }
 
 /// MCC arrives as "5411" (ISO form) or 5411; both are accepted.
@@ -730,8 +747,8 @@ fn decode_unredacted(
         return Err(PoisonReason::StaleEventTime { behind_ms });
     }
     let loc = w.location.ok_or_else(|| missing("location"))?;
-    let lat = loc.lat.ok_or_else(|| missing("location.lat"))?;
-    let lon = loc.lon.ok_or_else(|| missing("location.lon"))?;
+    let lat = loc.lat.ok_or_else(|| missing("location.lat"))?.0;
+    let lon = loc.lon.ok_or_else(|| missing("location.lon"))?.0;
     if !lat.is_finite() || !lon.is_finite() || lat.abs() > 90.0 || lon.abs() > 180.0 {
         return Err(PoisonReason::InvalidCoordinates);
     }
@@ -1113,6 +1130,31 @@ pub(crate) mod tests {
             r#"{"kind":"kpl","message":"truncated: 12 bytes is shorter than magic and digest"}"#
         );
         assert_eq!(serde_json::from_str::<PoisonReason>(&json).unwrap(), r);
+    }
+
+    /// Found by the `txn` fuzz target (fuzz/): 24.718446744073706 decoded one unit in the
+    /// last place low (serde_json's default float parser), so the event `to_json` wrote
+    /// did not decode to itself. Both values here decoded off before the fix.
+    #[test]
+    fn coordinates_decode_exactly_and_round_trip() {
+        let mut v = good();
+        v["location"]["lat"] = 24.718446744073706.into();
+        v["location"]["lon"] = 7.7690000903000005.into();
+        let t = decode(&v).unwrap();
+        assert_eq!(
+            (t.location.lat, t.location.lon),
+            (24.718446744073706, 7.7690000903000005)
+        );
+        let again = decode_txn(t.to_json().as_bytes(), ARRIVAL, &DecodeLimits::default());
+        assert_eq!(again, Ok(t));
+        for bad in [
+            serde_json::json!("48.85"),
+            serde_json::json!(null),
+            serde_json::json!([1]),
+        ] {
+            v["location"]["lat"] = bad.clone();
+            assert!(decode(&v).is_err(), "{bad}");
+        }
     }
 
     fn arb_json() -> impl Strategy<Value = serde_json::Value> {
