@@ -914,9 +914,11 @@ async fn check(
     // 1. Card profiles: every distinct event applied once.
     let profiles_table = crate::common::table_name(t, "ProfilesTable")?;
     let mut applied: HashMap<String, u64> = HashMap::new();
+    let mut profiles: HashMap<String, shardline_core::fraud::profile::CardProfile> = HashMap::new();
     for item in crate::common::scan_all(&clients.ddb, &profiles_table).await? {
         let p: shardline_core::fraud::profile::CardProfile = serde_dynamo::from_item(item)?;
         applied.insert(p.card_token.clone(), p.txn_count);
+        profiles.insert(p.card_token.clone(), p);
     }
     let (mut lost, mut doubled) = (0u64, 0u64);
     for (card, evs) in &card_events {
@@ -932,6 +934,30 @@ async fn check(
             report
                 .problems
                 .push(format!("scorer: card {card} has {got} events, {want} sent"));
+        }
+        if got != want
+            && let Some(p) = profiles.get(card)
+        {
+            // What the profile holds (its last hour) beside what was sent, to find the
+            // event counted twice or missing.
+            let held: Vec<(i64, i64)> = p.recent.iter().map(|r| (r.t, r.amt)).collect();
+            let sent: Vec<(String, i64, i64, Vec<Pos>)> = records
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| match &r.expect {
+                    Expect::Valid(t) if t.card_token == *card => Some((
+                        t.event_id.clone(),
+                        t.event_time_ms,
+                        t.amount_minor,
+                        placed.get(&i).cloned().into_iter().collect(),
+                    )),
+                    _ => None,
+                })
+                .collect();
+            report.problems.push(format!(
+                "  held (t, amount): {held:?}\n  sent: {sent:?}\n  guards: {:?}",
+                p.applied
+            ));
         }
     }
     let extra_cards = applied
