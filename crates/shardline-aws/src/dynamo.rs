@@ -371,35 +371,11 @@ impl WindowStore for DynamoWindowStore {
     }
 
     async fn get_progress(&self, shard: &str) -> Result<Option<ShardProgress>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", AttributeValue::S(PROGRESS_PK.to_owned()))
-            .key("sk", AttributeValue::S(shard.to_owned()))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(classify)?;
-        out.item()
-            .map(|i| serde_dynamo::from_item(i.clone()))
-            .transpose()
-            .map_err(fatal)
+        self.get_at(PROGRESS_PK, shard).await
     }
 
     async fn put_progress(&self, shard: &str, progress: &ShardProgress) -> Result<(), StoreError> {
-        let mut item: HashMap<String, AttributeValue> =
-            serde_dynamo::to_item(progress).map_err(fatal)?;
-        item.insert("pk".into(), AttributeValue::S(PROGRESS_PK.to_owned()));
-        item.insert("sk".into(), AttributeValue::S(shard.to_owned()));
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .map_err(classify)?;
-        Ok(())
+        self.put_at(PROGRESS_PK, shard, progress).await
     }
 
     async fn window_partials(&self, window: &WindowId) -> Result<Vec<WindowPartial>, StoreError> {
@@ -470,12 +446,28 @@ impl WindowStore for DynamoWindowStore {
     }
 
     async fn get_lineage(&self, shard: &str) -> Result<Option<Lineage>, StoreError> {
+        self.get_at(LINEAGE_PK, shard).await
+    }
+
+    async fn put_lineage(&self, shard: &str, lineage: &Lineage) -> Result<(), StoreError> {
+        self.put_at(LINEAGE_PK, shard, lineage).await
+    }
+}
+
+impl DynamoWindowStore {
+    /// A per-shard bookkeeping item (`pk` = its kind, `sk` = the shard), strongly
+    /// consistent.
+    async fn get_at<T: serde::de::DeserializeOwned>(
+        &self,
+        pk: &str,
+        sk: &str,
+    ) -> Result<Option<T>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", AttributeValue::S(LINEAGE_PK.to_owned()))
-            .key("sk", AttributeValue::S(shard.to_owned()))
+            .key("pk", AttributeValue::S(pk.to_owned()))
+            .key("sk", AttributeValue::S(sk.to_owned()))
             .consistent_read(true)
             .send()
             .await
@@ -486,11 +478,17 @@ impl WindowStore for DynamoWindowStore {
             .map_err(fatal)
     }
 
-    async fn put_lineage(&self, shard: &str, lineage: &Lineage) -> Result<(), StoreError> {
+    /// Writes a per-shard bookkeeping item under (`pk`, `sk`).
+    async fn put_at<T: serde::Serialize>(
+        &self,
+        pk: &str,
+        sk: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
         let mut item: HashMap<String, AttributeValue> =
-            serde_dynamo::to_item(lineage).map_err(fatal)?;
-        item.insert("pk".into(), AttributeValue::S(LINEAGE_PK.to_owned()));
-        item.insert("sk".into(), AttributeValue::S(shard.to_owned()));
+            serde_dynamo::to_item(value).map_err(fatal)?;
+        item.insert("pk".into(), AttributeValue::S(pk.to_owned()));
+        item.insert("sk".into(), AttributeValue::S(sk.to_owned()));
         self.client
             .put_item()
             .table_name(&self.table)
