@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Starts the local AWS emulators on 127.0.0.1 (installing them first if needed):
+# Starts the local AWS emulators on 127.0.0.1 (installing them first if needed). Every
+# test creates its own streams on one kinesis-local, so its account limits (50 shards,
+# 10 on-demand streams by default) are raised.
+#
 #   Kinesis   kinesis-local (kinesis-mock)  http://127.0.0.1:4568
 #   DynamoDB, SQS, ...  moto_server          http://127.0.0.1:4566
 # Writes their pids to .tools/run/ and waits until both answer. Running it again while
@@ -29,6 +32,7 @@ KINESIS_MOCK_CERT_PATH="$KINESIS_PKG/server.json" \
 KINESIS_MOCK_PLAIN_PORT="$KINESIS_PORT" \
 KINESIS_MOCK_TLS_PORT="$KINESIS_TLS_PORT" \
 CREATE_STREAM_DURATION=0ms DELETE_STREAM_DURATION=0ms UPDATE_SHARD_COUNT_DURATION=0ms \
+SHARD_LIMIT=10000 ON_DEMAND_STREAM_COUNT_LIMIT=1000 \
 LOG_LEVEL=WARN \
   start kinesis "$KINESIS_PORT" node "$KINESIS_PKG/main.js"
 
