@@ -604,22 +604,31 @@ async fn shard_loop(
     idle: Arc<Mutex<HashMap<String, bool>>>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
+    // Since when another runner has held the shard without a break.
+    let mut held_since: Option<Instant> = None;
     loop {
         if ctx.load_cp(&shard).await?.done {
             done.lock().await.insert(shard);
             return Ok(());
         }
         if !ctx.take_lease(&shard).await? {
-            // Another runner holds the shard: it is not drained as far as this runner
-            // knows (the other may have been killed, and its lease must expire before
-            // anyone finishes the shard), so `--until-idle` waits for it.
-            idle.lock().await.insert(shard.clone(), false);
+            // Another runner holds the shard. A killed one's lease expires within one
+            // lease period, and the shard is this runner's to finish then: until that
+            // period has passed it is not idle (`--until-idle` waits for it). Held for
+            // longer, its holder is alive and renewing it, and finishes it: for this
+            // runner it is idle (two live runners would otherwise each wait for the
+            // other's shards, and neither would exit to release its own).
+            let since = *held_since.get_or_insert_with(Instant::now);
+            idle.lock()
+                .await
+                .insert(shard.clone(), since.elapsed() > ctx.opts.lease);
             if stop.load(Ordering::SeqCst) {
                 return Ok(());
             }
             tokio::time::sleep(ctx.opts.poll_interval.max(ctx.opts.lease / 4)).await;
             continue;
         }
+        held_since = None;
         let lost = Arc::new(AtomicBool::new(false));
         let renew = {
             let (ctx, shard, lost) = (ctx.clone(), shard.clone(), lost.clone());
