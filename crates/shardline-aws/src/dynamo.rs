@@ -247,40 +247,92 @@ impl DynamoRuleSource {
         }
     }
 
-    /// Stores a rule set (the way to change rules without a redeploy).
-    pub async fn store(&self, rules: &RuleSet) -> Result<(), StoreError> {
-        let body = serde_json::to_string(rules).map_err(fatal)?;
+    /// Stores a rule set (the way to change rules without a redeploy): the live one, or
+    /// with `shadow` the one run beside it and never acted on.
+    pub async fn store(&self, rules: &RuleSet, shadow: bool) -> Result<(), StoreError> {
         self.client
             .put_item()
             .table_name(&self.table)
-            .item(CONFIG_KEY, AttributeValue::S(RULES_CONFIG_ID.to_owned()))
-            .item("body", AttributeValue::S(body))
+            .item(CONFIG_KEY, AttributeValue::S(config_id(shadow).to_owned()))
+            .item("body", AttributeValue::S(rules.to_json().to_owned()))
             .item("version", AttributeValue::S(rules.version.clone()))
+            .item("hash", AttributeValue::S(rules.hash.clone()))
+            .item(
+                "published_at_ms",
+                AttributeValue::N(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis())
+                        .to_string(),
+                ),
+            )
             .send()
             .await
             .map_err(classify)?;
         Ok(())
     }
-}
 
-impl RuleSource for DynamoRuleSource {
-    async fn load_rules(&self) -> Result<Option<RuleSet>, StoreError> {
+    /// Removes the shadow rule set; true when there was one.
+    pub async fn clear_shadow(&self) -> Result<bool, StoreError> {
+        let out = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key(
+                CONFIG_KEY,
+                AttributeValue::S(SHADOW_RULES_CONFIG_ID.to_owned()),
+            )
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllOld)
+            .send()
+            .await
+            .map_err(classify)?;
+        Ok(out.attributes().is_some_and(|a| !a.is_empty()))
+    }
+
+    /// The stored JSON of the live or shadow rule set, as stored (not checked).
+    pub async fn stored_json(&self, shadow: bool) -> Result<Option<String>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key(CONFIG_KEY, AttributeValue::S(RULES_CONFIG_ID.to_owned()))
+            .key(CONFIG_KEY, AttributeValue::S(config_id(shadow).to_owned()))
+            .consistent_read(true)
             .send()
             .await
             .map_err(classify)?;
-        let Some(body) = out
+        Ok(out
             .item()
             .and_then(|i| i.get("body"))
             .and_then(|b| b.as_s().ok())
-        else {
+            .cloned())
+    }
+
+    async fn load(&self, shadow: bool) -> Result<Option<RuleSet>, StoreError> {
+        let Some(body) = self.stored_json(shadow).await? else {
             return Ok(None);
         };
-        RuleSet::from_json(body).map(Some).map_err(fatal)
+        RuleSet::from_json(&body).map(Some).map_err(fatal)
+    }
+}
+
+/// Config item of the shadow rule set.
+pub const SHADOW_RULES_CONFIG_ID: &str = "rules#fraud-scorer#shadow";
+
+fn config_id(shadow: bool) -> &'static str {
+    if shadow {
+        SHADOW_RULES_CONFIG_ID
+    } else {
+        RULES_CONFIG_ID
+    }
+}
+
+impl RuleSource for DynamoRuleSource {
+    async fn load_rules(&self) -> Result<Option<RuleSet>, StoreError> {
+        self.load(false).await
+    }
+
+    async fn load_shadow_rules(&self) -> Result<Option<RuleSet>, StoreError> {
+        self.load(true).await
     }
 }
 

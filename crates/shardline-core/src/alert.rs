@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// An alert as stored in the alerts table (keyed by `alert_id`, so writing it twice is a
+/// A decision record (an alert): written for every event the rules review or block, and
+/// for window rules that fire. Stored in the alerts table (keyed by `alert_id`, so writing it twice is a
 /// no-op) and put on the optional output stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
@@ -30,12 +31,26 @@ pub struct Alert {
     pub shadow_reasons: Vec<String>,
     /// Version of the rule set that decided.
     pub ruleset_version: String,
+    /// Content hash of that rule set (`sha256:...`), so a decision can be tied to the
+    /// exact rules even when a version string is reused.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ruleset_hash: String,
+    /// The decision: `review` or `block` (an allowed event is not stored).
+    #[serde(default = "review")]
+    pub outcome: crate::fraud::rules::Outcome,
+    /// The explanation: every rule that fired, its reason and the values it read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<crate::fraud::rules::FiredRule>,
     /// Values of the features (or window metrics) behind the rules that fired.
     pub features: BTreeMap<String, f64>,
     /// Event time (scorer) or window end (window rules), epoch ms.
     pub event_time_ms: i64,
     /// UTC day of `event_time_ms` (`YYYY-MM-DD`): the by-time index's partition.
     pub alert_day: String,
+}
+
+fn review() -> crate::fraud::rules::Outcome {
+    crate::fraud::rules::Outcome::Review
 }
 
 /// The UTC day (`YYYY-MM-DD`) of an epoch-ms time.

@@ -265,6 +265,14 @@ pub trait RuleSource: Send + Sync {
     fn load_rules(
         &self,
     ) -> impl Future<Output = Result<Option<crate::fraud::rules::RuleSet>, StoreError>> + Send;
+
+    /// The rule set published in shadow (run beside the live one, never acted on), if
+    /// any.
+    fn load_shadow_rules(
+        &self,
+    ) -> impl Future<Output = Result<Option<crate::fraud::rules::RuleSet>, StoreError>> + Send {
+        async { Ok(None) }
+    }
 }
 
 /// A rule source with nothing stored: the default rule set stays in force.
@@ -274,6 +282,29 @@ pub struct NoRuleSource;
 impl RuleSource for NoRuleSource {
     async fn load_rules(&self) -> Result<Option<crate::fraud::rules::RuleSet>, StoreError> {
         Ok(None)
+    }
+}
+
+/// Where named lists are stored (the lists table).
+pub trait ListSource: Send + Sync {
+    /// The values of each named list, keeping only entries of the kind asked for; a list
+    /// with no entries comes back empty.
+    fn load_lists(
+        &self,
+        lists: &[(String, crate::lists::ListKind)],
+    ) -> impl Future<Output = Result<crate::lists::Lists, StoreError>> + Send;
+}
+
+/// No lists table: every declared list is empty (rule-file values still apply).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoListSource;
+
+impl ListSource for NoListSource {
+    async fn load_lists(
+        &self,
+        _lists: &[(String, crate::lists::ListKind)],
+    ) -> Result<crate::lists::Lists, StoreError> {
+        Ok(crate::lists::Lists::empty())
     }
 }
 

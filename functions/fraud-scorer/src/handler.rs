@@ -23,13 +23,15 @@ use shardline_aws::kinesis::{EnvelopeError, batch_response, decode_event_json};
 use shardline_core::alert::Alert;
 use shardline_core::batch::{BatchConfig, BatchOutcome, BatchProcessor, Item, KeyFailure};
 use shardline_core::fraud::profile::CardProfile;
-use shardline_core::fraud::rules::{RuleCache, RuleSet};
-use shardline_core::fraud::{CardOutcome, apply_card};
+use shardline_core::fraud::rules::{Cached, Policies, Policy, RuleSet};
+use shardline_core::fraud::{CardOutcome, SHADOW_SOURCE, apply_card};
+use shardline_core::lists::Lists;
 use shardline_core::ports::{
-    AlertSink, AlertStream, MAX_BATCH_GET, MAX_BATCH_WRITE, ProfileStore, Put, Quarantine,
-    RuleSource,
+    AlertSink, AlertStream, ListSource, MAX_BATCH_GET, MAX_BATCH_WRITE, NoListSource, ProfileStore,
+    Put, Quarantine, RuleSource,
 };
 use shardline_core::{DecodeLimits, ErrorClass, InRecord, StoreError, Txn};
+use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
@@ -55,7 +57,10 @@ pub struct ScorerSettings {
     pub limits: DecodeLimits,
     /// How long a loaded rule set is used before it is reloaded.
     pub rules_ttl: Duration,
-    /// Overrides the rule set's alert threshold (the template's AlertThreshold).
+    /// How long loaded lists are used before they are reloaded (a list change takes
+    /// effect within this).
+    pub lists_ttl: Duration,
+    /// Overrides the rule set's review threshold (the template's AlertThreshold).
     pub threshold_override: Option<u32>,
 }
 
@@ -65,6 +70,7 @@ impl Default for ScorerSettings {
             batch: BatchConfig::new(FUNCTION),
             limits: DecodeLimits::default(),
             rules_ttl: Duration::from_secs(60),
+            lists_ttl: Duration::from_secs(60),
             threshold_override: None,
         }
     }
@@ -77,12 +83,16 @@ pub struct Report {
     pub response: KinesisEventResponse,
     /// The batch processor's outcome.
     pub outcome: BatchOutcome,
-    /// Alerts raised.
+    /// Decisions stored (events reviewed or blocked).
     pub alerts: usize,
+    /// Events blocked.
+    pub blocked: usize,
     /// Events scored.
     pub scored: usize,
-    /// Events below the threshold.
+    /// Events allowed.
     pub below_threshold: usize,
+    /// Events where the shadow rule set decided otherwise.
+    pub shadow_disagreements: usize,
     /// Records skipped as Kinesis replays.
     pub replayed: usize,
     /// Records skipped as producer duplicates.
@@ -103,14 +113,24 @@ pub struct Stores<P, A, Q, R, S> {
     pub stream: S,
 }
 
-/// The fraud scorer: holds its stores and the cached rule set between invocations.
-pub struct Scorer<P, A, Q, R, S> {
+/// The rule sets and lists in force, each reloaded after its TTL.
+struct PolicyCache {
+    live: Cached<Arc<RuleSet>>,
+    shadow: Cached<Option<Arc<RuleSet>>>,
+    lists: Cached<Lists>,
+    built: Arc<Policies>,
+}
+
+/// The fraud scorer: holds its stores and the cached rule sets and lists between
+/// invocations.
+pub struct Scorer<P, A, Q, R, S, L = NoListSource> {
     profiles: P,
     alerts: A,
     rule_source: R,
     stream: S,
+    list_source: L,
     processor: BatchProcessor<Q>,
-    rules: Mutex<RuleCache>,
+    policies: Mutex<PolicyCache>,
     settings: ScorerSettings,
 }
 
@@ -123,7 +143,7 @@ struct CardWork {
     written: bool,
 }
 
-impl<P, A, Q, R, S> Scorer<P, A, Q, R, S>
+impl<P, A, Q, R, S> Scorer<P, A, Q, R, S, NoListSource>
 where
     P: ProfileStore,
     A: AlertSink,
@@ -131,23 +151,69 @@ where
     R: RuleSource,
     S: AlertStream,
 {
-    /// A scorer over these stores.
+    /// A scorer over these stores, without a lists table (declared lists hold only the
+    /// rule file's values).
     pub fn new(stores: Stores<P, A, Q, R, S>, settings: ScorerSettings) -> Self {
-        let mut initial = RuleSet::default_rules();
-        if let Some(t) = settings.threshold_override {
-            initial.alert_threshold = t;
-        }
+        let initial = Arc::new(with_override(
+            RuleSet::default_rules(),
+            settings.threshold_override,
+        ));
+        let built = Arc::new(Policies {
+            live: Policy::new(Arc::clone(&initial), &Lists::empty()),
+            shadow: None,
+        });
         Self {
             profiles: stores.profiles,
             alerts: stores.alerts,
             rule_source: stores.rules,
             stream: stores.stream,
+            list_source: NoListSource,
             processor: BatchProcessor::new(settings.batch.clone(), stores.quarantine),
-            rules: Mutex::new(RuleCache::new(initial, settings.rules_ttl)),
+            policies: Mutex::new(PolicyCache {
+                live: Cached::new(initial, settings.rules_ttl),
+                shadow: Cached::new(None, settings.rules_ttl),
+                lists: Cached::new(Lists::empty(), settings.lists_ttl),
+                built,
+            }),
             settings,
         }
     }
 
+    /// The same scorer reading lists from `lists`.
+    pub fn with_lists<L: ListSource>(self, lists: L) -> Scorer<P, A, Q, R, S, L> {
+        Scorer {
+            profiles: self.profiles,
+            alerts: self.alerts,
+            rule_source: self.rule_source,
+            stream: self.stream,
+            list_source: lists,
+            processor: self.processor,
+            policies: self.policies,
+            settings: self.settings,
+        }
+    }
+}
+
+/// The template's AlertThreshold, when set, is the review threshold.
+fn with_override(mut rs: RuleSet, threshold: Option<u32>) -> RuleSet {
+    if let Some(t) = threshold {
+        rs.thresholds.review = Some(t);
+        if rs.thresholds.block.is_some_and(|b| b < t) {
+            rs.thresholds.block = Some(t);
+        }
+    }
+    rs
+}
+
+impl<P, A, Q, R, S, L> Scorer<P, A, Q, R, S, L>
+where
+    P: ProfileStore,
+    A: AlertSink,
+    Q: Quarantine,
+    R: RuleSource,
+    S: AlertStream,
+    L: ListSource,
+{
     /// The profile store (tests read it back).
     pub fn profiles(&self) -> &P {
         &self.profiles
@@ -170,7 +236,7 @@ where
         deadline: Option<Instant>,
     ) -> Report {
         let deadline = shardline_core::batch::live_deadline(deadline);
-        let rules = self.current_rules().await;
+        let rules = self.current_policies().await;
         let mut by_card: HashMap<&str, Vec<Item<'_, Txn>>> = HashMap::new();
         for r in records {
             if let Ok(body) = &r.body {
@@ -214,8 +280,10 @@ where
             response: batch_response(&outcome),
             outcome,
             alerts: 0,
+            blocked: 0,
             scored: 0,
             below_threshold: 0,
+            shadow_disagreements: 0,
             replayed: 0,
             duplicates: 0,
         };
@@ -223,8 +291,10 @@ where
             let st = st.lock().await;
             if let (true, Some(c)) = (st.written, &st.computed) {
                 report.alerts += c.alerts.len();
+                report.blocked += c.blocked;
                 report.scored += c.scored;
                 report.below_threshold += c.below_threshold;
+                report.shadow_disagreements += c.shadow_disagreements;
                 report.replayed += c.replayed;
                 report.duplicates += c.duplicates;
             }
@@ -232,27 +302,71 @@ where
         report
     }
 
-    async fn current_rules(&self) -> RuleSet {
-        let mut cache = self.rules.lock().await;
+    /// The policies in force: rule sets reloaded every rules TTL, lists every lists TTL.
+    /// A store that fails, or a stored rule set that does not load, leaves what is in
+    /// force in place (and says so in the log).
+    async fn current_policies(&self) -> Arc<Policies> {
+        let mut cache = self.policies.lock().await;
+        let cache = &mut *cache;
         let now = std::time::Instant::now();
-        if cache.stale(now) {
-            match self.rule_source.load_rules().await {
+        let mut changed = false;
+        if cache.live.stale(now) {
+            let live = match self.rule_source.load_rules().await {
                 Ok(loaded) => {
-                    let loaded = loaded.map(|mut rs| {
-                        if let Some(t) = self.settings.threshold_override {
-                            rs.alert_threshold = t;
-                        }
-                        rs
-                    });
-                    cache.refreshed(now, loaded);
+                    loaded.map(|rs| Arc::new(with_override(rs, self.settings.threshold_override)))
                 }
-                // Keep scoring with the rules in hand; try again at the next invocation.
                 Err(e) => {
-                    tracing::warn!(error = %e, "Rule set reload failed; keeping the current rules.")
+                    tracing::warn!(error = %e, "Rule set reload failed; keeping the rules in force.");
+                    None
+                }
+            };
+            changed |= live.is_some();
+            cache.live.refreshed(now, live);
+            match self.rule_source.load_shadow_rules().await {
+                Ok(shadow) => {
+                    changed |= shadow.as_ref().map(|s| &s.hash)
+                        != cache.shadow.current().as_ref().map(|s| &s.hash);
+                    cache.shadow.refreshed(now, Some(shadow.map(Arc::new)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Shadow rule set reload failed; keeping the one in force.");
+                    cache.shadow.refreshed(now, None);
                 }
             }
         }
-        cache.current().clone()
+        if cache.lists.stale(now) {
+            let mut wanted = cache.live.current().list_kinds();
+            if let Some(s) = cache.shadow.current() {
+                wanted.extend(s.list_kinds());
+            }
+            wanted.sort();
+            wanted.dedup();
+            let loaded = if wanted.is_empty() {
+                Some(Lists::empty())
+            } else {
+                match self.list_source.load_lists(&wanted).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "List reload failed; keeping the lists in force.");
+                        None
+                    }
+                }
+            };
+            changed |= loaded.is_some();
+            cache.lists.refreshed(now, loaded);
+        }
+        if changed {
+            let lists = cache.lists.current();
+            cache.built = Arc::new(Policies {
+                live: Policy::new(Arc::clone(cache.live.current()), lists),
+                shadow: cache
+                    .shadow
+                    .current()
+                    .as_ref()
+                    .map(|s| Policy::new(Arc::clone(s), lists)),
+            });
+        }
+        Arc::clone(&cache.built)
     }
 
     /// True while `pause` and then new store work fit before the deadline with the
@@ -358,6 +472,24 @@ where
         }
     }
 
+    /// Writes decision records to the alerts table, and the live ones (not the shadow
+    /// rule set's) to the output stream.
+    async fn write_alerts(&self, chunk: &[Alert]) -> Result<(), StoreError> {
+        self.alerts.put_alerts(chunk).await?;
+        if chunk.iter().any(|a| a.source == SHADOW_SOURCE) {
+            let live: Vec<Alert> = chunk
+                .iter()
+                .filter(|a| a.source != SHADOW_SOURCE)
+                .cloned()
+                .collect();
+            if live.is_empty() {
+                return Ok(());
+            }
+            return self.stream.publish(&live).await;
+        }
+        self.stream.publish(chunk).await
+    }
+
     /// Alerts of every scored card, 25 per BatchWriteItem, while time is left. A card
     /// whose chunk failed or was not started writes its own alerts when it is committed.
     async fn write_alerts_in_bulk(
@@ -369,8 +501,10 @@ where
         for st in work.values() {
             let mut st = st.lock().await;
             match &st.computed {
-                Some(c) if c.alerts.is_empty() => st.alerts_durable = true,
-                Some(c) => all.extend(c.alerts.iter().cloned()),
+                Some(c) if c.alerts.is_empty() && c.shadow_alerts.is_empty() => {
+                    st.alerts_durable = true
+                }
+                Some(c) => all.extend(c.alerts.iter().chain(&c.shadow_alerts).cloned()),
                 None => {}
             }
         }
@@ -380,10 +514,7 @@ where
             out_of_time = out_of_time || !self.time_for(Duration::ZERO, deadline);
             let ok = !out_of_time
                 && self
-                    .bounded(deadline, async {
-                        self.alerts.put_alerts(chunk).await?;
-                        self.stream.publish(chunk).await
-                    })
+                    .bounded(deadline, self.write_alerts(chunk))
                     .await
                     .is_ok();
             if !ok {
@@ -412,7 +543,7 @@ where
         items: Vec<Item<'_, Txn>>,
         by_card: &HashMap<&str, Vec<Item<'_, Txn>>>,
         work: &HashMap<&str, Mutex<CardWork>>,
-        rules: &RuleSet,
+        rules: &Policies,
         deadline: Option<Instant>,
     ) -> Result<(), KeyFailure> {
         let mut cards: Vec<&str> = Vec::new();
@@ -439,7 +570,7 @@ where
         card: &str,
         items: &[Item<'_, Txn>],
         work: &Mutex<CardWork>,
-        rules: &RuleSet,
+        rules: &Policies,
         deadline: Option<Instant>,
     ) -> Result<(), StoreError> {
         let mut st = work.lock().await;
@@ -469,7 +600,7 @@ where
                     .map(|(_, p)| std::mem::take(p))
                     .unwrap_or_default();
                 let c = apply_card(profile, items, rules);
-                st.alerts_durable = c.alerts.is_empty();
+                st.alerts_durable = c.alerts.is_empty() && c.shadow_alerts.is_empty();
                 st.computed = Some(c);
             }
             let Some(c) = st.computed.as_mut() else {
@@ -480,10 +611,10 @@ where
                 return Ok(());
             }
             if !st.alerts_durable {
-                for chunk in c.alerts.chunks(MAX_BATCH_WRITE) {
+                let all: Vec<Alert> = c.alerts.iter().chain(&c.shadow_alerts).cloned().collect();
+                for chunk in all.chunks(MAX_BATCH_WRITE) {
                     self.check_time(deadline)?;
-                    self.alerts.put_alerts(chunk).await?;
-                    self.stream.publish(chunk).await?;
+                    self.write_alerts(chunk).await?;
                 }
                 st.alerts_durable = true;
             }

@@ -1,5 +1,8 @@
 //! Lambda entry point of fraud-scorer: tracing, typed config and SDK clients once at
 //! cold start, then the runtime loop. All logic is in the library (`handler.rs`).
+// The handler's future (stores, SDK clients, the runtime loop) is deeper than the
+// compiler's default layout query limit.
+#![recursion_limit = "256"]
 
 use std::time::Instant;
 
@@ -31,6 +34,8 @@ async fn main() -> Result<(), Error> {
             );
             metrics.extra = vec![
                 ("Alerts", report.alerts as f64),
+                ("Blocked", report.blocked as f64),
+                ("ShadowDisagreements", report.shadow_disagreements as f64),
                 ("Scored", report.scored as f64),
                 ("BelowThreshold", report.below_threshold as f64),
                 ("Replayed", report.replayed as f64),

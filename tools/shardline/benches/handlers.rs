@@ -14,7 +14,8 @@ use shardline::bench::{
 use shardline_core::batch::Item;
 use shardline_core::fraud::apply_card;
 use shardline_core::fraud::profile::CardProfile;
-use shardline_core::fraud::rules::RuleSet;
+use shardline_core::fraud::features::compute;
+use shardline_core::fraud::rules::{Policies, RuleSet};
 
 fn sizes() -> Vec<(&'static str, Batch)> {
     vec![
@@ -48,7 +49,7 @@ fn decode(c: &mut Criterion) {
 fn score(c: &mut Criterion) {
     let b = batch(None, false);
     let records = shardline_aws::decode_event_json(&b.json, &bench_limits()).unwrap();
-    let rules = RuleSet::default_rules();
+    let rules = Policies::from(RuleSet::default_rules());
     let mut g = c.benchmark_group("score");
     g.throughput(Throughput::Elements(records.len() as u64));
     g.bench_function("features+rules/6MB", |x| {
@@ -74,6 +75,45 @@ fn score(c: &mut Criterion) {
                 profiles.insert(&t.card_token, out.profile);
             }
             black_box(alerts)
+        })
+    });
+    g.finish();
+}
+
+/// The default rule set alone, on the features of a realistic batch: the outcome (what
+/// every event pays) and the full decision with its explanation (what a reviewed or
+/// blocked event pays). Elements are rule evaluations: rules per second.
+fn rules(c: &mut Criterion) {
+    let b = batch(Some(1_000), false);
+    let records = shardline_aws::decode_event_json(&b.json, &bench_limits()).unwrap();
+    let txns: Vec<_> = records.iter().filter_map(|r| r.body.as_ref().ok()).collect();
+    let feats: Vec<_> = txns
+        .iter()
+        .map(|t| compute(&CardProfile::new(t.card_token.clone()), t))
+        .collect();
+    let policies = Policies::from(RuleSet::default_rules());
+    let live = &policies.live;
+    let n_rules = live.rules.rules.len() as u64;
+    let mut g = c.benchmark_group("rules");
+    g.throughput(Throughput::Elements(txns.len() as u64 * n_rules));
+    g.bench_function("default-set/outcome", |x| {
+        x.iter(|| {
+            let mut blocked = 0;
+            for (t, f) in txns.iter().zip(&feats) {
+                let v = live.vars(f, t);
+                blocked += usize::from(live.rules.outcome(black_box(&v)) != Default::default());
+            }
+            black_box(blocked)
+        })
+    });
+    g.bench_function("default-set/decision", |x| {
+        x.iter(|| {
+            let mut fired = 0;
+            for (t, f) in txns.iter().zip(&feats) {
+                let v = live.vars(f, t);
+                fired += live.rules.decide(black_box(&v)).fired.len();
+            }
+            black_box(fired)
         })
     });
     g.finish();
@@ -111,6 +151,6 @@ fn handlers(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10).measurement_time(std::time::Duration::from_secs(3));
-    targets = decode, score, aggregate, handlers
+    targets = decode, score, rules, aggregate, handlers
 }
 criterion_main!(benches);

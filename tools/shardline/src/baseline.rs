@@ -6,7 +6,7 @@ use shardline_core::batch::Item;
 use shardline_core::event::DecodeLimits;
 use shardline_core::fraud::apply_card;
 use shardline_core::fraud::profile::CardProfile;
-use shardline_core::fraud::rules::RuleSet;
+use shardline_core::fraud::rules::{Policies, RuleSet};
 use shardline_core::ports::{AlertSink, ProfileStore};
 
 /// One read and one write per record, serial.
@@ -22,7 +22,7 @@ pub struct NaiveScorer<'a, P, A> {
 impl<P: ProfileStore, A: AlertSink> NaiveScorer<'_, P, A> {
     /// Handles a raw Kinesis event; returns records processed.
     pub async fn handle(&self, payload: &[u8]) -> usize {
-        let rules = RuleSet::default_rules();
+        let rules = Policies::from(RuleSet::default_rules());
         let Ok(records) = shardline_aws::decode_event_json(payload, &self.limits) else {
             return 0;
         };

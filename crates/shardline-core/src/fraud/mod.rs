@@ -10,7 +10,7 @@ use crate::batch::Item;
 use crate::event::Txn;
 use crate::seq::RecordPos;
 use profile::{Admission, CardProfile};
-use rules::RuleSet;
+use rules::{Outcome, Policies, Policy};
 
 /// The source name written into scorer alerts.
 pub const SOURCE: &str = "fraud-scorer";
@@ -22,12 +22,18 @@ pub struct CardOutcome {
     pub profile: CardProfile,
     /// True when the profile must be written.
     pub changed: bool,
-    /// Alerts raised (score at or above the threshold).
+    /// Decision records of the events reviewed or blocked.
     pub alerts: Vec<Alert>,
+    /// The shadow rule set's decision records (stored apart, never acted on).
+    pub shadow_alerts: Vec<Alert>,
     /// Events scored.
     pub scored: usize,
-    /// Events scored below the threshold (counted, not stored).
+    /// Events allowed (counted, not stored).
     pub below_threshold: usize,
+    /// Events the live rules blocked.
+    pub blocked: usize,
+    /// Events where the shadow rule set's outcome differs from the live one.
+    pub shadow_disagreements: usize,
     /// Records skipped because this shard had applied them (Kinesis replays).
     pub replayed: usize,
     /// Records skipped because their event id was applied (producer duplicates).
@@ -41,10 +47,55 @@ pub fn alert_id(card_token: &str, event_id: &str) -> String {
     format!("{card_token}/{event_id}")
 }
 
+/// Prefix of the ids (and of the by-day index partition) of shadow decisions, which
+/// share the alerts table with live ones but never their keys or index partitions.
+pub const SHADOW_PREFIX: &str = "shadow:";
+/// The source of shadow decisions.
+pub const SHADOW_SOURCE: &str = "fraud-scorer/shadow";
+
+/// The decision record of an event.
+fn record(policy: &Policy, d: rules::Decision, txn: &Txn, event_id: &str, shadow: bool) -> Alert {
+    let rs = &policy.rules;
+    let (id, day) = (
+        alert_id(&txn.card_token, event_id),
+        utc_day(txn.event_time_ms),
+    );
+    Alert {
+        alert_id: if shadow {
+            format!("{SHADOW_PREFIX}{id}")
+        } else {
+            id
+        },
+        source: if shadow { SHADOW_SOURCE } else { SOURCE }.to_owned(),
+        subject: format!("card:{}", txn.card_token),
+        // The by-card index is sparse: shadow records stay out of it.
+        card_token: (!shadow).then(|| txn.card_token.clone()),
+        event_id: Some(event_id.to_owned()),
+        score: d.score,
+        reasons: d.reasons(),
+        shadow_reasons: d.shadow_reasons(),
+        ruleset_version: rs.version.clone(),
+        ruleset_hash: rs.hash.clone(),
+        outcome: d.outcome,
+        features: d.numeric_values(),
+        rules: d.fired.into_iter().chain(d.shadow_fired).collect(),
+        event_time_ms: txn.event_time_ms,
+        alert_day: if shadow {
+            format!("{SHADOW_PREFIX}{day}")
+        } else {
+            day
+        },
+    }
+}
+
 /// Applies one card's records, in position order, to its profile: each new record is
 /// scored against the profile as it stood before it, then folded in. Records the profile
 /// already reflects are skipped, so applying the same records twice changes nothing.
-pub fn apply_card(profile: CardProfile, items: &[Item<'_, Txn>], rules: &RuleSet) -> CardOutcome {
+pub fn apply_card(
+    profile: CardProfile,
+    items: &[Item<'_, Txn>],
+    policies: &Policies,
+) -> CardOutcome {
     let mut out = CardOutcome {
         profile,
         ..CardOutcome::default()
@@ -84,26 +135,34 @@ pub fn apply_card(profile: CardProfile, items: &[Item<'_, Txn>], rules: &RuleSet
                         .iter()
                         .any(|a| a.event_id.as_deref() == Some(&*id))
                 };
-                if rules.alerts_on(&f) && !alerted() {
-                    let s = rules.score(&f);
-                    // An event id that reads as a card number never leaves the function.
-                    let event_id = crate::event::pan_safe_id(&txn.event_id);
-                    out.alerts.push(Alert {
-                        alert_id: alert_id(&txn.card_token, &event_id),
-                        source: SOURCE.to_owned(),
-                        subject: format!("card:{}", txn.card_token),
-                        card_token: Some(txn.card_token.clone()),
-                        event_id: Some(event_id.into_owned()),
-                        score: s.score,
-                        reasons: s.reasons,
-                        shadow_reasons: s.shadow_reasons,
-                        ruleset_version: rules.version.clone(),
-                        features: s.fired,
-                        event_time_ms: txn.event_time_ms,
-                        alert_day: utc_day(txn.event_time_ms),
-                    });
+                let live = &policies.live;
+                let vars = live.vars(&f, txn);
+                let outcome = live.rules.outcome(&vars);
+                // An event id that reads as a card number never leaves the function.
+                let event_id = crate::event::pan_safe_id(&txn.event_id);
+                if outcome != Outcome::Allow && !alerted() {
+                    let d = live.rules.decide(&vars);
+                    if d.outcome == Outcome::Block {
+                        out.blocked += 1;
+                    }
+                    out.alerts.push(record(live, d, txn, &event_id, false));
                 } else {
                     out.below_threshold += 1;
+                }
+                if let Some(shadow) = &policies.shadow {
+                    let vars = shadow.vars(&f, txn);
+                    let theirs = shadow.rules.outcome(&vars);
+                    if theirs != outcome {
+                        out.shadow_disagreements += 1;
+                    }
+                    let id = format!("{SHADOW_PREFIX}{}", alert_id(&txn.card_token, &event_id));
+                    if theirs != Outcome::Allow
+                        && !out.shadow_alerts.iter().any(|a| a.alert_id == id)
+                    {
+                        let d = shadow.rules.decide(&vars);
+                        out.shadow_alerts
+                            .push(record(shadow, d, txn, &event_id, true));
+                    }
                 }
                 out.profile.update(txn);
             }
@@ -160,7 +219,7 @@ mod tests {
 
     #[test]
     fn replaying_the_same_records_changes_nothing() {
-        let rules = RuleSet::default_rules();
+        let rules = Policies::from(rules::RuleSet::default_rules());
         let metas: Vec<RecordMeta> = (0..3).map(|i| meta("shardId-1", i)).collect();
         let txns = [txn(0, 0.0, "US"), txn(1, 0.0, "US"), txn(2, 60.0, "NO")];
         let items: Vec<Item<'_, Txn>> = metas
@@ -188,7 +247,7 @@ mod tests {
     /// minutes, is still a replay while Lambda can still send it.
     #[test]
     fn a_replay_of_an_old_lane_is_caught_after_many_lanes() {
-        let rules = RuleSet::default_rules();
+        let rules = Policies::from(rules::RuleSet::default_rules());
         let lanes = 12u64;
         let metas: Vec<RecordMeta> = (0..lanes)
             .map(|i| RecordMeta {
@@ -223,7 +282,7 @@ mod tests {
     /// An event id that reads as a card number never leaves in an alert.
     #[test]
     fn an_event_id_that_reads_as_a_card_number_is_not_in_the_alert() {
-        let rules = RuleSet::default_rules();
+        let rules = Policies::from(rules::RuleSet::default_rules());
         let metas = [meta("shardId-1", 0), meta("shardId-1", 1)];
         let first = txn(0, 0.0, "US");
         let mut far = txn(1, 60.0, "NO");
@@ -246,7 +305,7 @@ mod tests {
 
     #[test]
     fn producer_duplicate_is_skipped_but_guarded() {
-        let rules = RuleSet::default_rules();
+        let rules = Policies::from(rules::RuleSet::default_rules());
         let metas = [meta("shardId-1", 0), meta("shardId-1", 1)];
         let t = txn(0, 0.0, "US");
         let items = [
