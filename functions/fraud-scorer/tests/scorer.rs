@@ -9,23 +9,109 @@ use std::sync::{Arc, Mutex};
 use fraud_scorer::{Report, Scorer, ScorerSettings, Stores};
 use proptest::prelude::*;
 use serde_json::{Value, json};
+use shardline_core::StoreError;
 use shardline_core::alert::Alert;
 use shardline_core::batch::{BatchConfig, RetryPolicy};
 use shardline_core::event::{AuthResult, Channel, Location};
 use shardline_core::fraud::profile::CardProfile;
-use shardline_core::ports::{NoAlertStream, NoRuleSource};
+use shardline_core::fraud::rules::{Outcome, RuleSet};
+use shardline_core::ports::{AlertStream, RuleSource};
 use shardline_core::{InRecord, RecordMeta, RecordPos, SeqNo, Txn};
 use shardline_testkit::{MemAlerts, MemProfiles, MemQuarantine, fixture_bytes, repo_root};
 
 type MemScorer<'a> =
-    Scorer<&'a MemProfiles, &'a MemAlerts, &'a MemQuarantine, NoRuleSource, NoAlertStream>;
+    Scorer<&'a MemProfiles, &'a MemAlerts, &'a MemQuarantine, TestRules, &'a Published>;
+
+/// Rule sets as a config table would return them: each load takes the next answer of
+/// `live` (the last one repeats); `None` is "nothing stored", a string is the stored JSON
+/// (which may not load).
+#[derive(Clone, Default)]
+struct TestRules {
+    live: Arc<Mutex<Vec<Option<&'static str>>>>,
+    shadow: Option<&'static str>,
+}
+
+impl TestRules {
+    fn of(live: &'static str, shadow: Option<&'static str>) -> Self {
+        Self {
+            live: Arc::new(Mutex::new(vec![Some(live)])),
+            shadow,
+        }
+    }
+}
+
+fn load(json: Option<&str>) -> Result<Option<RuleSet>, StoreError> {
+    json.map(|j| RuleSet::from_json(j).map_err(|e| StoreError::fatal(e.to_string())))
+        .transpose()
+}
+
+impl RuleSource for TestRules {
+    async fn load_rules(&self) -> Result<Option<RuleSet>, StoreError> {
+        let next = {
+            let mut v = self.live.lock().unwrap();
+            if v.len() > 1 {
+                v.remove(0)
+            } else {
+                v.first().copied().flatten()
+            }
+        };
+        load(next)
+    }
+
+    async fn load_shadow_rules(&self) -> Result<Option<RuleSet>, StoreError> {
+        load(self.shadow)
+    }
+}
+
+/// The output stream: what was published.
+#[derive(Default)]
+struct Published(Mutex<Vec<Alert>>);
+
+impl AlertStream for &Published {
+    async fn publish(&self, alerts: &[Alert]) -> Result<(), StoreError> {
+        self.0.lock().unwrap().extend_from_slice(alerts);
+        Ok(())
+    }
+}
 
 #[derive(Default)]
 struct World {
     profiles: MemProfiles,
     alerts: MemAlerts,
     quarantine: MemQuarantine,
+    rules: TestRules,
+    published: Published,
 }
+
+impl World {
+    fn with_rules(rules: TestRules) -> Self {
+        Self {
+            rules,
+            ..Self::default()
+        }
+    }
+}
+
+/// A rule set that decides something on most events: every outcome, from an allow
+/// rule, a block list, review actions and both thresholds.
+const DECISION_RULES: &str = r#"{
+  "version": "decisions", "thresholds": {"review": 300, "block": 700},
+  "lists": {"blocked": {"kind": "card", "values": ["tok_3"]}},
+  "rules": [
+    {"id": "vip", "when": "card == 'tok_5' and amount_minor < 1000", "action": "allow", "reason": "VIP"},
+    {"id": "blocked", "when": "card in @blocked", "action": "block", "reason": "BLOCKED"},
+    {"id": "big", "when": "amount_minor >= 100_000", "score": 300, "reason": "BIG"},
+    {"id": "fast", "when": "count_1m >= 2 or count_1h >= 4", "score": 400, "reason": "FAST"},
+    {"id": "tiny", "when": "amount_minor <= 200", "action": "review", "reason": "TINY"},
+    {"id": "declined", "when": "auth_result == 'declined'", "score": 100, "reason": "DECLINED", "shadow": true}
+  ]
+}"#;
+
+/// A shadow rule set that disagrees with [`DECISION_RULES`] on some events.
+const SHADOW_RULES: &str = r#"{
+  "version": "shadow-1", "thresholds": {"review": 100},
+  "rules": [{"id": "repeat", "when": "count_1h >= 3", "score": 100, "reason": "REPEAT"}]
+}"#;
 
 impl World {
     fn scorer(&self) -> MemScorer<'_> {
@@ -38,13 +124,15 @@ impl World {
             },
             ..settings.batch
         };
+        // Every invocation asks the rule source (tests change what it holds).
+        settings.rules_ttl = std::time::Duration::ZERO;
         Scorer::new(
             Stores {
                 profiles: &self.profiles,
                 alerts: &self.alerts,
                 quarantine: &self.quarantine,
-                rules: NoRuleSource,
-                stream: NoAlertStream,
+                rules: self.rules.clone(),
+                stream: &self.published,
             },
             settings,
         )
@@ -410,8 +498,11 @@ fn logs_and_quarantine_never_carry_a_card_number() {
 // ---------- exactly once ----------
 
 /// One clean in-order pass over every record, in one batch per shard position.
-fn clean_pass(recs: &[InRecord<Txn>]) -> (BTreeMap<String, CardProfile>, BTreeMap<String, Alert>) {
-    let world = World::default();
+fn clean_pass(
+    recs: &[InRecord<Txn>],
+    rules: &TestRules,
+) -> (BTreeMap<String, CardProfile>, BTreeMap<String, Alert>) {
+    let world = World::with_rules(rules.clone());
     rt().block_on(world.scorer().handle_records(recs, None));
     (world.profiles.snapshot(), world.alerts.snapshot())
 }
@@ -420,22 +511,29 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     /// Random batches with duplicate deliveries, failures at random positions and
-    /// replays from the reported record: the final state equals one clean pass.
+    /// replays from the reported record: the final state (profiles, and decision
+    /// records of every outcome, live and shadow) equals one clean pass.
     #[test]
     fn any_split_replay_or_duplicate_gives_the_clean_result(
         events in prop::collection::vec((0usize..6, 0usize..8, prop_oneof![Just(120i64), 500i64..5_000, 100_000i64..400_000], 0i64..90_000), 1..60),
         cuts in prop::collection::vec(1usize..20, 1..8),
         faults in prop::collection::vec(0u32..3, 1..8),
         dup_every in 2usize..7,
+        decisions: bool,
     ) {
+        let rules = if decisions {
+            TestRules::of(DECISION_RULES, Some(SHADOW_RULES))
+        } else {
+            TestRules::default()
+        };
         let mut t = T0;
         let recs: Vec<InRecord<Txn>> = events.iter().enumerate().map(|(i, (card, m, amt, dt))| {
             t += dt;
             rec("shardId-000000000000", i, txn(i, *card, *m, *amt, t))
         }).collect();
-        let expected = clean_pass(&recs);
+        let expected = clean_pass(&recs, &rules);
 
-        let world = World::default();
+        let world = World::with_rules(rules.clone());
         let scorer = world.scorer();
         let rt = rt();
         let mut start = 0;
@@ -470,6 +568,118 @@ proptest! {
                         expected.0.into_iter().map(|(k, mut p)| { p.version = 0; (k, p) }).collect::<BTreeMap<_, _>>());
         prop_assert_eq!(world.alerts.snapshot(), expected.1);
     }
+}
+
+// ---------- decisions (issue 11) ----------
+
+fn decision_traffic() -> Vec<InRecord<Txn>> {
+    // tok_3 is block-listed; tok_1 makes three quick events (FAST at the second);
+    // tok_2 one big one (BIG alone: 300, a review); tok_4 a tiny one (TINY: review);
+    // tok_5 a tiny one too, but the allow rule (VIP) ends evaluation.
+    let events = [
+        (3, 5_000),
+        (1, 5_000),
+        (1, 5_000),
+        (1, 150_000),
+        (2, 150_000),
+        (4, 150),
+        (5, 150),
+    ];
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, (card, amt))| {
+            rec(
+                "shardId-000000000000",
+                i,
+                txn(i + 1, *card, i, *amt, T0 + i as i64 * 1_000),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn decision_records_carry_the_outcome_explanation_and_rule_set() {
+    let world = World::with_rules(TestRules::of(DECISION_RULES, Some(SHADOW_RULES)));
+    let recs = decision_traffic();
+    let report = rt().block_on(world.scorer().handle_records(&recs, None));
+    let all = world.alerts.snapshot();
+    let live: BTreeMap<&str, &Alert> = all
+        .iter()
+        .filter(|(k, _)| !k.starts_with("shadow:"))
+        .map(|(k, a)| (k.as_str(), a))
+        .collect();
+    let outcome = |id: &str| live.get(id).map(|a| a.outcome);
+    assert_eq!(outcome("tok_3/e1"), Some(Outcome::Block));
+    assert_eq!(
+        outcome("tok_1/e2"),
+        None,
+        "the first event of tok_1 is allowed"
+    );
+    assert_eq!(outcome("tok_1/e3"), Some(Outcome::Review), "FAST: 400");
+    assert_eq!(outcome("tok_1/e4"), Some(Outcome::Block), "FAST + BIG: 700");
+    assert_eq!(outcome("tok_2/e5"), Some(Outcome::Review), "BIG: 300");
+    assert_eq!(outcome("tok_4/e6"), Some(Outcome::Review), "TINY");
+    assert_eq!(outcome("tok_5/e7"), None, "VIP ends evaluation");
+    assert_eq!(live.len(), 5);
+    assert_eq!((report.alerts, report.blocked), (5, 2));
+    let d = live["tok_1/e4"];
+    assert_eq!(
+        (d.score, d.reasons.clone()),
+        (700, vec!["BIG".to_owned(), "FAST".to_owned()])
+    );
+    let big = d.rules.iter().find(|r| r.id == "big").unwrap();
+    assert_eq!(
+        big.values["amount_minor"],
+        shardline_core::expr::Value::Number(150_000.0)
+    );
+    assert_eq!(d.ruleset_version, "decisions");
+    assert!(d.ruleset_hash.starts_with("sha256:"));
+    assert_eq!(d.card_token.as_deref(), Some("tok_1"));
+    // The shadow set's decisions: stored apart, out of the by-card index, not published.
+    let shadow: Vec<&Alert> = all
+        .iter()
+        .filter(|(k, _)| k.starts_with("shadow:"))
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(
+        shadow
+            .iter()
+            .map(|a| a.alert_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["shadow:tok_1/e4"],
+        "REPEAT: the third event of tok_1 in an hour"
+    );
+    assert!(shadow[0].card_token.is_none());
+    assert!(shadow[0].alert_day.starts_with("shadow:"));
+    assert_eq!(shadow[0].ruleset_version, "shadow-1");
+    let published = world.published.0.lock().unwrap();
+    assert_eq!(published.len(), 5);
+    assert!(published.iter().all(|a| !a.alert_id.starts_with("shadow:")));
+    // The shadow set allows all but tok_1/e4 (a review where the live set blocks): it
+    // agrees only on the two events both allow.
+    assert_eq!(report.shadow_disagreements, 5);
+}
+
+#[test]
+fn a_stored_rule_set_that_does_not_load_leaves_the_one_in_force() {
+    let rules = TestRules {
+        live: Arc::new(Mutex::new(vec![
+            Some(DECISION_RULES),
+            Some(
+                r#"{"version":"broken","rules":[{"id":"r","when":"amount_minor >","score":1,"reason":"R"}]}"#,
+            ),
+        ])),
+        shadow: None,
+    };
+    let world = World::with_rules(rules);
+    let scorer = world.scorer();
+    let recs = decision_traffic();
+    rt().block_on(scorer.handle_records(&recs[..1], None));
+    rt().block_on(scorer.handle_records(&recs[1..], None));
+    let all = world.alerts.snapshot();
+    assert_eq!(all.len(), 5);
+    assert!(all.values().all(|a| a.ruleset_version == "decisions"));
 }
 
 // ---------- lanes, races, producer duplicates, alert ids (issue 10) ----------
