@@ -1,7 +1,7 @@
 //! `shardline demo`: the whole pipeline on the local emulators, end to end: resources
 //! from the template, labelled synthetic traffic on the input stream, both functions
 //! driven by the local event source mapping until idle, and a summary: throughput,
-//! alerts by reason, precision and recall per scenario, the busiest merchants' windows,
+//! decisions by outcome and top reasons, precision and recall per scenario, the busiest merchants' windows,
 //! late and quarantined records, and the commands to look further.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -132,8 +132,11 @@ pub async fn demo(cfg: DemoConfig) -> anyhow::Result<()> {
         );
     }
 
-    let alerts = scan_alerts(&clients.ddb, &t).await?;
-    print_alerts(&alerts);
+    let (shadow, alerts): (Vec<Alert>, Vec<Alert>) = scan_alerts(&clients.ddb, &t)
+        .await?
+        .into_iter()
+        .partition(|a| a.source == shardline_core::fraud::SHADOW_SOURCE);
+    print_alerts(&alerts, shadow.len());
     print_scores(&g, &alerts);
     print_top_merchants(&clients.ddb, &t).await?;
     print_quarantine(&clients.sqs, &t).await?;
@@ -165,21 +168,35 @@ async fn scan_alerts(ddb: &aws_sdk_dynamodb::Client, t: &Template) -> anyhow::Re
     )?)
 }
 
-fn print_alerts(alerts: &[Alert]) {
-    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+/// Decisions by outcome and the reasons behind them, most frequent first.
+fn print_alerts(alerts: &[Alert], shadow: usize) {
+    use shardline_core::fraud::rules::Outcome;
+    let scorer = |o: Outcome| {
+        alerts
+            .iter()
+            .filter(|a| a.source == "fraud-scorer" && a.outcome == o)
+            .count()
+    };
+    println!(
+        "\ndecisions: {} on events ({} review, {} block; every other event allowed), {} from window rules, {} by the shadow rule set (stored apart)",
+        scorer(Outcome::Review) + scorer(Outcome::Block),
+        scorer(Outcome::Review),
+        scorer(Outcome::Block),
+        alerts.iter().filter(|a| a.source != "fraud-scorer").count(),
+        shadow
+    );
+    let mut by_reason: BTreeMap<&str, [usize; 2]> = BTreeMap::new();
     for a in alerts {
+        let col = usize::from(a.outcome == Outcome::Block);
         for r in &a.reasons {
-            *by_reason.entry(r).or_default() += 1;
+            by_reason.entry(r).or_default()[col] += 1;
         }
     }
-    println!(
-        "\nalerts: {} ({} from the scorer, {} from window rules); by reason:",
-        alerts.len(),
-        alerts.iter().filter(|a| a.source == "fraud-scorer").count(),
-        alerts.iter().filter(|a| a.source != "fraud-scorer").count()
-    );
-    for (r, n) in by_reason {
-        println!("  {r:<24} {n:>6}");
+    let mut top: Vec<(&str, [usize; 2])> = by_reason.into_iter().collect();
+    top.sort_by(|a, b| (b.1[0] + b.1[1]).cmp(&(a.1[0] + a.1[1])).then(a.0.cmp(b.0)));
+    println!("  {:<24} {:>7} {:>7}", "top reasons", "review", "block");
+    for (r, [review, block]) in top.into_iter().take(12) {
+        println!("  {r:<24} {review:>7} {block:>7}");
     }
 }
 
