@@ -139,13 +139,13 @@ pub fn apply_card(
                 let vars = live.vars(&f, txn);
                 let outcome = live.rules.outcome(&vars);
                 // An event id that reads as a card number never leaves the function.
-                let event_id = crate::event::pan_safe_id(&txn.event_id);
+                let event_id = || crate::event::pan_safe_id(&txn.event_id);
                 if outcome != Outcome::Allow && !alerted() {
                     let d = live.rules.decide(&vars);
                     if d.outcome == Outcome::Block {
                         out.blocked += 1;
                     }
-                    out.alerts.push(record(live, d, txn, &event_id, false));
+                    out.alerts.push(record(live, d, txn, &event_id(), false));
                 } else {
                     out.below_threshold += 1;
                 }
@@ -155,13 +155,14 @@ pub fn apply_card(
                     if theirs != outcome {
                         out.shadow_disagreements += 1;
                     }
-                    let id = format!("{SHADOW_PREFIX}{}", alert_id(&txn.card_token, &event_id));
-                    if theirs != Outcome::Allow
-                        && !out.shadow_alerts.iter().any(|a| a.alert_id == id)
-                    {
-                        let d = shadow.rules.decide(&vars);
-                        out.shadow_alerts
-                            .push(record(shadow, d, txn, &event_id, true));
+                    if theirs != Outcome::Allow {
+                        let event_id = event_id();
+                        let id = format!("{SHADOW_PREFIX}{}", alert_id(&txn.card_token, &event_id));
+                        if !out.shadow_alerts.iter().any(|a| a.alert_id == id) {
+                            let d = shadow.rules.decide(&vars);
+                            out.shadow_alerts
+                                .push(record(shadow, d, txn, &event_id, true));
+                        }
                     }
                 }
                 out.profile.update(txn);
