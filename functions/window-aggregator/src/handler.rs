@@ -59,8 +59,10 @@ pub struct AggregatorSettings {
     pub windows: WindowConfig,
     /// Threshold rules.
     pub rules: WindowRuleSet,
-    /// A window's merged total is read for a rule only when this shard's part reaches
-    /// this share of the rule's threshold. 1 / (shards writing a window) never misses an
+    /// A window's merged total is read for a rule only when the rule holds on this
+    /// shard's part as it is or extrapolated as this share of the window
+    /// ([`WindowRule::may_fire`](shardline_core::window::rules::WindowRule::may_fire)):
+    /// for a threshold on a count or sum, 1 / (shards writing a window) never misses an
     /// alert; the default 0.25 is exact up to four shards per key.
     pub rule_local_share: f64,
 }
@@ -450,8 +452,8 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
         }
 
         // Fold the new records into each touched partial, in memory. Window rules are
-        // checked on merged totals only where this shard's part alone reaches the
-        // rule's share of the threshold: the other windows cost no read.
+        // checked on merged totals only where this shard's part, extrapolated by the
+        // share, could fire the rule: the other windows cost no read.
         let share = self.settings.rule_local_share;
         let mut candidates = Vec::new();
         let mut writes: Vec<(WindowPartial, Option<u64>, Vec<usize>)> = Vec::new();
@@ -478,7 +480,7 @@ impl<W: WindowStore, A: AlertSink, Q: Quarantine> Aggregator<W, A, Q> {
                 .settings
                 .rules
                 .for_window(*kind, w.width_ms)
-                .filter(|r| r.metric.value(&partial.metrics) >= r.value * share)
+                .filter(|r| r.may_fire(&partial.metrics, share))
                 .collect();
             if !rules.is_empty() {
                 candidates.push((w, rules));
