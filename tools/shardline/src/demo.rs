@@ -39,7 +39,7 @@ fn reasons_for(scenario: &str) -> &'static [&'static str] {
         "impossible_travel" => &["IMPOSSIBLE_TRAVEL"],
         "velocity_burst" => &["VELOCITY_1M", "VELOCITY_BURST_1M", "NEW_CARD_BURST"],
         "account_takeover" => &["NEW_COUNTRY", "AMOUNT_SPIKE"],
-        _ => &["MERCHANT_DECLINE_SPIKE"],
+        _ => &["MERCHANT_DECLINE_SPIKE", "MERCHANT_DECLINE_RATE"],
     }
 }
 

@@ -594,7 +594,7 @@ enum Bool {
     Or(Box<Bool>, Box<Bool>),
     NumCmp(Cmp, Num, Num),
     TextEq(bool, Text, Text),
-    BoolEq(bool, Box<Bool>, Box<Bool>),
+    Equal(bool, Box<Bool>, Box<Bool>),
     NumIn(Num, Box<[f64]>, bool),
     TextIn(Text, HashSet<Box<str>>, bool),
     NumInList(Num, u16, bool),
@@ -849,7 +849,7 @@ impl Checker<'_> {
                     }
                     (Typed::T(a), Typed::T(b)) => Typed::B(Bool::TextEq(eq, a, b)),
                     (Typed::B(a), Typed::B(b)) => {
-                        Typed::B(Bool::BoolEq(eq, Box::new(a), Box::new(b)))
+                        Typed::B(Bool::Equal(eq, Box::new(a), Box::new(b)))
                     }
                     (a, b) => {
                         return Err(self.err(
@@ -1079,7 +1079,7 @@ fn eval_bool(e: &Bool, v: &impl Vars) -> bool {
             }
         }
         Bool::TextEq(eq, a, b) => (eval_text(a, v) == eval_text(b, v)) == *eq,
-        Bool::BoolEq(eq, a, b) => (eval_bool(a, v) == eval_bool(b, v)) == *eq,
+        Bool::Equal(eq, a, b) => (eval_bool(a, v) == eval_bool(b, v)) == *eq,
         Bool::NumIn(x, set, negate) => {
             let x = eval_num(x, v);
             set.binary_search_by(|p| p.total_cmp(&x)).is_ok() != *negate
