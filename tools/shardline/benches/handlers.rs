@@ -13,8 +13,8 @@ use shardline::bench::{
 };
 use shardline_core::batch::Item;
 use shardline_core::fraud::apply_card;
-use shardline_core::fraud::profile::CardProfile;
 use shardline_core::fraud::features::compute;
+use shardline_core::fraud::profile::CardProfile;
 use shardline_core::fraud::rules::{Policies, RuleSet};
 
 fn sizes() -> Vec<(&'static str, Batch)> {
@@ -86,7 +86,10 @@ fn score(c: &mut Criterion) {
 fn rules(c: &mut Criterion) {
     let b = batch(Some(1_000), false);
     let records = shardline_aws::decode_event_json(&b.json, &bench_limits()).unwrap();
-    let txns: Vec<_> = records.iter().filter_map(|r| r.body.as_ref().ok()).collect();
+    let txns: Vec<_> = records
+        .iter()
+        .filter_map(|r| r.body.as_ref().ok())
+        .collect();
     let feats: Vec<_> = txns
         .iter()
         .map(|t| compute(&CardProfile::new(t.card_token.clone()), t))
