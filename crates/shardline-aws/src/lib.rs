@@ -7,6 +7,7 @@ pub mod dynamo;
 pub mod faults;
 pub mod kinesis;
 pub mod lineage;
+pub mod lists;
 pub mod quarantine;
 pub mod sdk;
 pub mod stream;

@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use shardline_core::StoreError;
 use shardline_core::alert::Alert;
 use shardline_core::fraud::profile::CardProfile;
+use shardline_core::lists::{ListKind, ListValues, Lists};
 use shardline_core::ports::ShardParents;
 use shardline_core::ports::{
-    AlertSink, BatchRead, BatchReadKeys, MAX_BATCH_GET, MAX_BATCH_WRITE, PartialKey, ProfileStore,
-    Put, Quarantine, QuarantineEntry, WindowStore,
+    AlertSink, BatchRead, BatchReadKeys, ListSource, MAX_BATCH_GET, MAX_BATCH_WRITE, PartialKey,
+    ProfileStore, Put, Quarantine, QuarantineEntry, WindowStore,
 };
 use shardline_core::window::claims::{ClaimItem, ClaimKey, Lineage};
 use shardline_core::window::{ShardProgress, WindowId, WindowPartial};
@@ -407,6 +408,61 @@ fn claim_key_of(item: &ClaimItem) -> Option<ClaimKey> {
     })
 }
 
+/// In-memory lists table with the lists table's semantics: a list asked for with another
+/// kind than its values', or not stored, loads empty. A test changes lists between loads
+/// with [`MemLists::set`] and counts loads with [`MemLists::calls`] (to show a cache).
+#[derive(Debug, Default)]
+pub struct MemLists {
+    lists: Mutex<std::collections::BTreeMap<String, (ListKind, Vec<String>)>>,
+    loads: AtomicU32,
+    /// Injected faults (on every load).
+    pub faults: Faults,
+}
+
+impl MemLists {
+    /// Stores (or replaces) a list of `kind` holding `values`, taken as they are
+    /// (already normalised, as `shardline lists` stores them).
+    pub fn set<I, S>(&self, name: &str, kind: ListKind, values: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.lists.lock().expect("lists lock").insert(
+            name.to_owned(),
+            (kind, values.into_iter().map(Into::into).collect()),
+        );
+    }
+
+    /// Drops a list (it loads empty from now on).
+    pub fn remove(&self, name: &str) {
+        self.lists.lock().expect("lists lock").remove(name);
+    }
+
+    /// Loads so far ([`ListSource::load_lists`] calls, failed ones included).
+    pub fn calls(&self) -> u32 {
+        self.loads.load(Ordering::SeqCst)
+    }
+}
+
+impl ListSource for MemLists {
+    async fn load_lists(&self, lists: &[(String, ListKind)]) -> Result<Lists, StoreError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        self.faults.check("load_lists")?;
+        let stored = self.lists.lock().expect("lists lock");
+        let mut out = Lists::empty();
+        for (name, kind) in lists {
+            let values = match stored.get(name) {
+                Some((k, values)) if k == kind => {
+                    ListValues::new(values.iter().map(String::as_str))
+                }
+                _ => ListValues::default(),
+            };
+            out.insert(name.clone(), values);
+        }
+        Ok(out)
+    }
+}
+
 /// Shard parents from a fixed map (a reshard in a test).
 #[derive(Debug, Default)]
 pub struct MemParents(pub std::collections::HashMap<String, Vec<String>>);
@@ -458,6 +514,32 @@ mod tests {
         assert_eq!(got[0].partition_key, "[PAN redacted]");
         assert_eq!(got[1].id, "fraud-scorer/shardId-000000000000/2/0");
         assert_eq!(got[1].reason_text, "invalid coordinates");
+    }
+
+    #[tokio::test]
+    async fn mem_lists_load_what_was_set_of_the_kind_asked_and_count_loads() {
+        let lists = MemLists::default();
+        lists.set("home", ListKind::Country, ["GB", "FR"]);
+        let ask = [
+            ("home".to_owned(), ListKind::Country),
+            ("risky".to_owned(), ListKind::Mcc),
+        ];
+        let got = lists.load_lists(&ask).await.unwrap();
+        assert!(got.get("home").unwrap().contains("GB"));
+        assert!(got.get("risky").unwrap().is_empty(), "not stored: empty");
+        // Another kind than the list's: empty, as the adapter skips those entries.
+        let got = lists
+            .load_lists(&[("home".to_owned(), ListKind::Merchant)])
+            .await
+            .unwrap();
+        assert!(got.get("home").unwrap().is_empty());
+        // Changed between loads.
+        lists.set("home", ListKind::Country, ["DE"]);
+        let got = lists.load_lists(&ask).await.unwrap();
+        assert_eq!(got.get("home").unwrap().sorted(), ["DE"]);
+        lists.faults.fail_next(1);
+        assert!(lists.load_lists(&ask).await.is_err());
+        assert_eq!(lists.calls(), 4);
     }
 
     #[tokio::test]

@@ -17,12 +17,23 @@ pub const ENV_ALERTS_STREAM: &str = "ALERTS_STREAM";
 pub const ENV_ALERT_THRESHOLD: &str = "ALERT_THRESHOLD";
 /// Optional: seconds a rule set is cached (default 60).
 pub const ENV_RULES_TTL_SECONDS: &str = "RULES_TTL_SECONDS";
+/// Table of named lists (one item per list and value).
+pub const ENV_LISTS_TABLE: &str = "LISTS_TABLE";
+/// Optional: seconds the lists are cached, 1 to 3600 (default 60): a list change takes
+/// effect within this long.
+pub const ENV_LISTS_TTL_SECONDS: &str = "LISTS_TTL_SECONDS";
+
+/// Lists cache TTL when [`ENV_LISTS_TTL_SECONDS`] is unset.
+pub const DEFAULT_LISTS_TTL: Duration = Duration::from_secs(60);
+/// Longest lists cache TTL, seconds (the template's `ListsTtlSeconds` allows the same).
+pub const MAX_LISTS_TTL_SECONDS: u32 = 3600;
 
 /// Variables the function must be given.
 pub const REQUIRED_ENV: &[&str] = &[
     ENV_PROFILES_TABLE,
     ENV_ALERTS_TABLE,
     ENV_CONFIG_TABLE,
+    ENV_LISTS_TABLE,
     ENV_QUARANTINE_QUEUE_URL,
 ];
 /// Variables the function reads when present.
@@ -30,6 +41,7 @@ pub const OPTIONAL_ENV: &[&str] = &[
     ENV_ALERTS_STREAM,
     ENV_ALERT_THRESHOLD,
     ENV_RULES_TTL_SECONDS,
+    ENV_LISTS_TTL_SECONDS,
 ];
 
 /// Every AWS action the function's code makes, with the variable naming the resource it
@@ -40,6 +52,7 @@ pub const IAM_ACTIONS: &[(&str, &str)] = &[
     ("dynamodb:PutItem", ENV_PROFILES_TABLE),
     ("dynamodb:BatchWriteItem", ENV_ALERTS_TABLE),
     ("dynamodb:GetItem", ENV_CONFIG_TABLE),
+    ("dynamodb:Query", ENV_LISTS_TABLE),
     ("sqs:SendMessage", ENV_QUARANTINE_QUEUE_URL),
 ];
 
@@ -78,6 +91,10 @@ pub struct Config {
     pub alert_threshold: Option<u32>,
     /// Rule cache TTL.
     pub rules_ttl: Duration,
+    /// Lists table name.
+    pub lists_table: String,
+    /// Lists cache TTL (1 s to 1 h).
+    pub lists_ttl: Duration,
 }
 
 impl Config {
@@ -101,6 +118,21 @@ impl Config {
                 why: e.to_string(),
             })
         };
+        let lists_ttl = |v: Option<String>| match v {
+            None => Ok(DEFAULT_LISTS_TTL),
+            Some(v) => {
+                let secs = parse(ENV_LISTS_TTL_SECONDS, v.clone())?;
+                if (1..=MAX_LISTS_TTL_SECONDS).contains(&secs) {
+                    Ok(Duration::from_secs(u64::from(secs)))
+                } else {
+                    Err(ConfigError::Invalid {
+                        name: ENV_LISTS_TTL_SECONDS,
+                        value: v,
+                        why: format!("must be 1 to {MAX_LISTS_TTL_SECONDS} seconds"),
+                    })
+                }
+            }
+        };
         Ok(Self {
             profiles_table: req(ENV_PROFILES_TABLE)?,
             alerts_table: req(ENV_ALERTS_TABLE)?,
@@ -116,6 +148,8 @@ impl Config {
                     .transpose()?
                     .unwrap_or(60),
             )),
+            lists_table: req(ENV_LISTS_TABLE)?,
+            lists_ttl: lists_ttl(opt(ENV_LISTS_TTL_SECONDS))?,
         })
     }
 }
@@ -138,13 +172,67 @@ mod tests {
         let c = Config::from_lookup(|k| match k {
             ENV_ALERT_THRESHOLD => Some("700".into()),
             ENV_ALERTS_STREAM => Some(String::new()),
-            ENV_RULES_TTL_SECONDS => None,
+            ENV_RULES_TTL_SECONDS | ENV_LISTS_TTL_SECONDS => None,
             _ => Some(format!("v-{k}")),
         })
         .unwrap();
         assert_eq!(c.alert_threshold, Some(700));
         assert_eq!(c.alerts_stream, None);
         assert_eq!(c.profiles_table, "v-PROFILES_TABLE");
+        assert_eq!(c.lists_table, "v-LISTS_TABLE");
+    }
+
+    fn with_lists_ttl(ttl: Option<&str>) -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| match k {
+            ENV_LISTS_TTL_SECONDS => ttl.map(str::to_owned),
+            ENV_ALERT_THRESHOLD | ENV_ALERTS_STREAM | ENV_RULES_TTL_SECONDS => None,
+            _ => Some(format!("v-{k}")),
+        })
+    }
+
+    #[test]
+    fn lists_ttl_defaults_to_a_minute_and_is_bounded() {
+        assert_eq!(with_lists_ttl(None).unwrap().lists_ttl, DEFAULT_LISTS_TTL);
+        assert_eq!(
+            with_lists_ttl(Some("")).unwrap().lists_ttl,
+            DEFAULT_LISTS_TTL
+        );
+        assert_eq!(
+            with_lists_ttl(Some("1")).unwrap().lists_ttl,
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            with_lists_ttl(Some("3600")).unwrap().lists_ttl,
+            Duration::from_secs(3600)
+        );
+        for bad in ["0", "3601", "-1", "soon"] {
+            let err = with_lists_ttl(Some(bad)).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        name: ENV_LISTS_TTL_SECONDS,
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().contains("LISTS_TTL_SECONDS"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_lists_table_is_required() {
+        let err = Config::from_lookup(|k| {
+            (k != ENV_LISTS_TABLE && REQUIRED_ENV.contains(&k)).then(|| format!("v-{k}"))
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Missing(ENV_LISTS_TABLE)),
+            "{err}"
+        );
+        assert!(REQUIRED_ENV.contains(&ENV_LISTS_TABLE));
+        assert!(IAM_ACTIONS.contains(&("dynamodb:Query", ENV_LISTS_TABLE)));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod common;
 pub mod demo;
 pub mod invoke;
+pub mod lists;
 pub mod producer;
 pub mod query;
 pub mod replay;

@@ -120,6 +120,10 @@ enum Command {
     /// Read stored results.
     #[command(subcommand)]
     Query(query::Query),
+    /// Named allow and block lists (cards, merchants, countries, MCCs, BIN prefixes)
+    /// that rules test with `in @name`: add, remove, show, import.
+    #[command(subcommand)]
+    Lists(shardline::lists::Lists),
     /// Measure throughput, DynamoDB requests, latency, memory, cold start and binary
     /// sizes; print one table (see BENCHMARKS.md).
     Bench {
@@ -208,6 +212,7 @@ async fn main() -> anyhow::Result<()> {
             expect,
         } => replay::run(function, &files, expect).await,
         Command::Query(q) => query::run(q).await,
+        Command::Lists(l) => shardline::lists::run(l).await,
         Command::Bench {
             seconds,
             delay_ms,
