@@ -286,3 +286,137 @@ fn two_cards_one_event_id() -> Vec<u8> {
     }
     serde_json::to_vec(&serde_json::json!({ "Records": records })).unwrap()
 }
+
+/// A list change and a published rule set reach the deployed scorer within their TTLs,
+/// with no redeploy: the list through the lists table (as `shardline lists add` writes
+/// it), the rule set through the config table (as `shardline rules publish` writes it).
+#[tokio::test]
+async fn a_list_change_and_a_published_rule_set_take_effect_within_their_ttls() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use shardline_aws::dynamo::DynamoRuleSource;
+    use shardline_aws::lists::DynamoListSource;
+    use shardline_core::event::{AuthResult, Channel, Location};
+    use shardline_core::fraud::rules::{Outcome, RuleSet};
+    use shardline_core::lists::{ListEntry, ListKind};
+    use shardline_core::{InRecord, RecordMeta, RecordPos, SeqNo, Txn};
+
+    const TTL: Duration = Duration::from_secs(3);
+    let cfg = emulator_config().await;
+    let t = fresh_stack(&cfg, 't', &[]).await;
+    let f = t
+        .functions()
+        .into_iter()
+        .find(|f| f.binary == "fraud-scorer")
+        .unwrap();
+    let mut config = Config::from_lookup(|k| f.environment.get(k).cloned()).unwrap();
+    assert!(config.lists_table.ends_with("-lists"));
+    config.lists_ttl = TTL;
+    config.rules_ttl = TTL;
+    let scorer = fraud_scorer::deployed(&config, &cfg);
+    let ddb = aws_sdk_dynamodb::Client::new(&cfg);
+    let event = |i: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        let txn = Txn {
+            event_id: format!("list-e{i}"),
+            card_token: "tok_listed".into(),
+            merchant_id: format!("m{i}"),
+            mcc: 5411,
+            amount_minor: 1_200,
+            currency: "USD".into(),
+            event_time_ms: now,
+            location: Location {
+                lat: 51.5,
+                lon: -0.1,
+                country: "GB".into(),
+            },
+            channel: Channel::Pos,
+            auth_result: AuthResult::Approved,
+        };
+        vec![InRecord {
+            meta: RecordMeta {
+                shard_id: Arc::from("shardId-000000000000"),
+                pos: RecordPos::plain(
+                    SeqNo::parse(&format!("4959033827149025660855969{i:031}")).unwrap(),
+                ),
+                partition_key: txn.card_token.clone(),
+                lane_key: None,
+                arrival_ms: now,
+            },
+            body: Ok(txn),
+        }]
+    };
+    let decision = |id: &str| {
+        let ddb = ddb.clone();
+        let table = config.alerts_table.clone();
+        let id = id.to_owned();
+        async move {
+            let out = ddb
+                .get_item()
+                .table_name(table)
+                .key("alert_id", AttributeValue::S(id))
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap();
+            out.item()
+                .map(|i| serde_dynamo::from_item::<_, Alert>(i.clone()).unwrap())
+        }
+    };
+
+    // Not listed: allowed, no decision record.
+    let loaded = Instant::now();
+    let r = scorer.handle_records(&event(1), None).await;
+    assert_eq!((r.scored, r.alerts), (1, 0));
+    DynamoListSource::new(ddb.clone(), &config.lists_table)
+        .add(&ListEntry {
+            list: "blocked_cards".into(),
+            kind: ListKind::Card,
+            value: "tok_listed".into(),
+            added_by: "test".into(),
+            added_at_ms: 0,
+            note: None,
+        })
+        .await
+        .unwrap();
+    // Within the TTL the cached lists are used (checked only if the emulator answered
+    // fast enough for the call to fall inside it).
+    let r = scorer.handle_records(&event(2), None).await;
+    if loaded.elapsed() < TTL {
+        assert_eq!(r.alerts, 0, "the lists are cached for their TTL");
+    }
+    tokio::time::sleep(TTL.saturating_sub(loaded.elapsed()) + Duration::from_millis(100)).await;
+    let r = scorer.handle_records(&event(3), None).await;
+    assert_eq!((r.alerts, r.blocked), (1, 1), "listed after the TTL");
+    let d = decision("tok_listed/list-e3")
+        .await
+        .expect("a block decision");
+    assert_eq!(d.outcome, Outcome::Block);
+    assert_eq!(d.reasons, vec!["BLOCKLIST_CARD"]);
+    assert_eq!(d.ruleset_version, RuleSet::default_rules().version);
+
+    // A published rule set (no lists) replaces the default within its TTL.
+    let published = RuleSet::from_json(
+        r#"{"version":"published-1","thresholds":{"review":1},"rules":[{"id":"gb","when":"country == 'GB' and amount_minor >= 1_000","score":10,"reason":"GB"}]}"#,
+    )
+    .unwrap();
+    DynamoRuleSource::new(ddb.clone(), &config.config_table)
+        .store(&published, false)
+        .await
+        .unwrap();
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    let r = scorer.handle_records(&event(4), None).await;
+    assert_eq!(r.alerts, 1);
+    let d = decision("tok_listed/list-e4")
+        .await
+        .expect("a review decision");
+    assert_eq!(
+        (d.outcome, d.ruleset_version.as_str()),
+        (Outcome::Review, "published-1")
+    );
+    assert_eq!(d.ruleset_hash, published.hash);
+}

@@ -3,7 +3,6 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TOOLS="$ROOT/.tools"
-RUN="$TOOLS/run"
 EMU_VENV="$TOOLS/venv-emu"
 TOOLS_VENV="$TOOLS/venv-tools"
 CHECKOV_VENV="$TOOLS/venv-checkov"
@@ -13,6 +12,9 @@ KINESIS_PKG="$NODE_DIR/node_modules/kinesis-local"
 MOTO_PORT="${SHARDLINE_MOTO_PORT:-4566}"
 KINESIS_PORT="${SHARDLINE_KINESIS_PORT:-4568}"
 KINESIS_TLS_PORT="${SHARDLINE_KINESIS_TLS_PORT:-4570}"
+# Pids and logs per port: emulators on other ports (a second checkout, a long soak) are
+# separate instances, never taken for these ones nor stopped with them.
+if [[ "$MOTO_PORT" == 4566 ]]; then RUN="$TOOLS/run"; else RUN="$TOOLS/run-$MOTO_PORT"; fi
 PYTHON="${PYTHON:-python3}"
 
 log() { printf '[shardline] %s\n' "$*" >&2; }

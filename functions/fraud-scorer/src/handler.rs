@@ -60,7 +60,8 @@ pub struct ScorerSettings {
     /// How long loaded lists are used before they are reloaded (a list change takes
     /// effect within this).
     pub lists_ttl: Duration,
-    /// Overrides the rule set's review threshold (the template's AlertThreshold).
+    /// The shipped default rule set's review threshold (the template's AlertThreshold);
+    /// a published rule set carries its own.
     pub threshold_override: Option<u32>,
 }
 
@@ -194,7 +195,8 @@ where
     }
 }
 
-/// The template's AlertThreshold, when set, is the review threshold.
+/// The template's AlertThreshold, when set, is the shipped default set's review
+/// threshold (a published rule set carries its own).
 fn with_override(mut rs: RuleSet, threshold: Option<u32>) -> RuleSet {
     if let Some(t) = threshold {
         rs.thresholds.review = Some(t);
@@ -312,9 +314,8 @@ where
         let mut changed = false;
         if cache.live.stale(now) {
             let live = match self.rule_source.load_rules().await {
-                Ok(loaded) => {
-                    loaded.map(|rs| Arc::new(with_override(rs, self.settings.threshold_override)))
-                }
+                // A published set carries its own thresholds.
+                Ok(loaded) => loaded.map(Arc::new),
                 Err(e) => {
                     tracing::warn!(error = %e, "Rule set reload failed; keeping the rules in force.");
                     None

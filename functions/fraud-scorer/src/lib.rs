@@ -10,12 +10,19 @@ pub use handler::{FUNCTION, Report, Scorer, ScorerSettings, Stores};
 
 use shardline_aws::SqsQuarantine;
 use shardline_aws::dynamo::{DynamoAlertSink, DynamoProfileStore, DynamoRuleSource};
+use shardline_aws::lists::DynamoListSource;
 use shardline_aws::stream::{KinesisAlertStream, MaybeAlertStream};
 
 /// The scorer as deployed: DynamoDB stores, the SQS quarantine, the rule set from the
-/// config table and the optional alerts stream.
-pub type DeployedScorer =
-    Scorer<DynamoProfileStore, DynamoAlertSink, SqsQuarantine, DynamoRuleSource, MaybeAlertStream>;
+/// config table, the lists table and the optional alerts stream.
+pub type DeployedScorer = Scorer<
+    DynamoProfileStore,
+    DynamoAlertSink,
+    SqsQuarantine,
+    DynamoRuleSource,
+    MaybeAlertStream,
+    DynamoListSource,
+>;
 
 /// Builds the deployed scorer from its configuration and the SDK configuration: the one
 /// wiring shared by `main.rs` and the local runner, so both run the same thing.
@@ -36,13 +43,15 @@ pub fn deployed(cfg: &Config, sdk: &aws_config::SdkConfig) -> DeployedScorer {
                 aws_sdk_sqs::Client::new(sdk),
                 &cfg.quarantine_queue_url,
             ),
-            rules: DynamoRuleSource::new(ddb, &cfg.config_table),
+            rules: DynamoRuleSource::new(ddb.clone(), &cfg.config_table),
             stream,
         },
         ScorerSettings {
             rules_ttl: cfg.rules_ttl,
+            lists_ttl: cfg.lists_ttl,
             threshold_override: cfg.alert_threshold,
             ..ScorerSettings::default()
         },
     )
+    .with_lists(DynamoListSource::new(ddb, &cfg.lists_table))
 }

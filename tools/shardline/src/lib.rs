@@ -11,6 +11,7 @@ pub mod lists;
 pub mod producer;
 pub mod query;
 pub mod replay;
+pub mod rules;
 pub mod runner;
 pub mod soak;
 pub mod traffic;

@@ -124,6 +124,10 @@ enum Command {
     /// that rules test with `in @name`: add, remove, show, import.
     #[command(subcommand)]
     Lists(shardline::lists::Lists),
+    /// Rule sets: validate a file with the function's loader, publish it (live or in
+    /// shadow), show what is published, the language reference.
+    #[command(subcommand)]
+    Rules(shardline::rules::Rules),
     /// Measure throughput, DynamoDB requests, latency, memory, cold start and binary
     /// sizes; print one table (see BENCHMARKS.md).
     Bench {
@@ -213,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
         } => replay::run(function, &files, expect).await,
         Command::Query(q) => query::run(q).await,
         Command::Lists(l) => shardline::lists::run(l).await,
+        Command::Rules(r) => shardline::rules::run(r).await,
         Command::Bench {
             seconds,
             delay_ms,
