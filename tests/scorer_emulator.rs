@@ -322,6 +322,7 @@ async fn a_list_change_and_a_published_rule_set_take_effect_within_their_ttls() 
             .unwrap()
             .as_millis() as i64;
         let txn = Txn {
+            card_bin: None,
             event_id: format!("list-e{i}"),
             card_token: "tok_listed".into(),
             merchant_id: format!("m{i}"),

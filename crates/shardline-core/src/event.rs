@@ -85,6 +85,10 @@ pub struct Txn {
     pub channel: Channel,
     /// Approved or declined.
     pub auth_result: AuthResult,
+    /// The card's BIN (its first 6 to 8 digits, which name the issuer), when the
+    /// producer sends it: what `bin` lists match. Never a whole card number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub card_bin: Option<String>,
 }
 
 impl Txn {
@@ -102,6 +106,7 @@ impl Txn {
             location: &self.location,
             channel: self.channel,
             auth_result: self.auth_result,
+            card_bin: self.card_bin.as_deref(),
         };
         serde_json::to_string(&wire).expect("a Txn always serialises")
     }
@@ -120,6 +125,8 @@ struct WireOut<'a> {
     location: &'a Location,
     channel: Channel,
     auth_result: AuthResult,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    card_bin: Option<&'a str>,
 }
 
 /// Formats epoch milliseconds as RFC 3339 UTC with millisecond precision.
@@ -389,6 +396,8 @@ struct WireIn<'a> {
     location: Option<LocationIn<'a>>,
     channel: Option<Channel>,
     auth_result: Option<AuthResult>,
+    #[serde(borrow, default)]
+    card_bin: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -755,7 +764,15 @@ fn decode_unredacted(
     let country = upper_code("location.country", loc.country, 2)?;
     let channel = w.channel.ok_or_else(|| missing("channel"))?;
     let auth_result = w.auth_result.ok_or_else(|| missing("auth_result"))?;
+    let card_bin = match w.card_bin {
+        None => None,
+        Some(b) if (6..=8).contains(&b.len()) && b.bytes().all(|c| c.is_ascii_digit()) => {
+            Some(b.into_owned())
+        }
+        Some(_) => return Err(invalid("card_bin", "must be 6 to 8 digits")),
+    };
     Ok(Txn {
+        card_bin,
         event_id: event_id.into_owned(),
         card_token: card_token.into_owned(),
         merchant_id: merchant_id.into_owned(),
@@ -803,6 +820,30 @@ pub(crate) mod tests {
         assert_eq!(t.event_time_ms, ARRIVAL - 1750);
         let again = decode_txn(t.to_json().as_bytes(), ARRIVAL, &DecodeLimits::default()).unwrap();
         assert_eq!(again, t);
+    }
+
+    #[test]
+    fn an_optional_card_bin_is_six_to_eight_digits_and_never_a_card_number() {
+        assert_eq!(decode(&good()).unwrap().card_bin, None);
+        for ok in ["411111", "41111111"] {
+            let mut v = good();
+            v["card_bin"] = ok.into();
+            let t = decode(&v).unwrap();
+            assert_eq!(t.card_bin.as_deref(), Some(ok));
+            let again =
+                decode_txn(t.to_json().as_bytes(), ARRIVAL, &DecodeLimits::default()).unwrap();
+            assert_eq!(again, t);
+        }
+        for bad in ["41111", "411111111", "4111111111111111", "4111a1", ""] {
+            let mut v = good();
+            v["card_bin"] = bad.into();
+            let e = decode(&v).unwrap_err();
+            assert_eq!(e, invalid("card_bin", "must be 6 to 8 digits"), "{bad}");
+            assert!(!e.to_string().contains("4111111111111111"));
+        }
+        let mut v = good();
+        v["card_bin"] = 411111.into();
+        assert!(decode(&v).is_err(), "a number, not a string");
     }
 
     /// A window item's TTL is its window's end plus the retention: an event time years in

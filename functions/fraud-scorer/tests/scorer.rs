@@ -264,6 +264,7 @@ const T0: i64 = 1_795_000_000_000;
 
 fn txn(i: usize, card: usize, merchant: usize, amount: i64, t: i64) -> Txn {
     Txn {
+        card_bin: None,
         event_id: format!("e{i}"),
         card_token: format!("tok_{card}"),
         merchant_id: format!("m{merchant}"),

@@ -74,6 +74,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 fn txn(i: usize, card: usize, merchant: usize, amount: i64, t: i64) -> Txn {
     Txn {
+        card_bin: None,
         event_id: format!("e{i}"),
         card_token: format!("tok_{card}"),
         merchant_id: format!("m{merchant}"),

@@ -66,6 +66,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 fn txn(i: usize, amount: i64, t: i64) -> Txn {
     Txn {
+        card_bin: None,
         event_id: format!("e{i}"),
         card_token: format!("tok_{}", i % 50),
         merchant_id: format!("m{}", i % 7),

@@ -191,6 +191,7 @@ impl Gen {
         let (_, lat, lon, country) = CITIES[m.city];
         let jitter = (self.rng.random::<f64>() - 0.5) * 0.05;
         Txn {
+            card_bin: None,
             event_id: String::new(),
             card_token: c.token.clone(),
             merchant_id: m.id.clone(),

@@ -224,6 +224,7 @@ mod tests {
 
     fn txn(i: u32, t: i64, amt: i64, merchant: &str) -> Txn {
         Txn {
+            card_bin: None,
             event_id: format!("e{i}"),
             card_token: "tok".into(),
             merchant_id: merchant.into(),

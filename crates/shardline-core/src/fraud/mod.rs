@@ -201,6 +201,7 @@ mod tests {
 
     fn txn(i: u32, lat: f64, country: &str) -> Txn {
         Txn {
+            card_bin: None,
             event_id: format!("e{i}"),
             card_token: "tok".into(),
             merchant_id: format!("m{i}"),

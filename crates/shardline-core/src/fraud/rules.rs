@@ -201,6 +201,10 @@ pub const SCORER_VARS: &[VarDef] = &[
         &["approved", "declined"],
     ),
     VarDef::number("hour_utc", "hour of the event time, UTC, 0-23"),
+    VarDef::text(
+        "card_bin",
+        "the card's BIN (6 to 8 digits) when the producer sends it, else \"\"",
+    ),
 ];
 
 /// A card's features and its event, as a rule reads them.
@@ -259,6 +263,7 @@ impl Vars for TxnVars<'_> {
                 AuthResult::Approved => "approved",
                 AuthResult::Declined => "declined",
             },
+            21 => t.card_bin.as_deref().unwrap_or(""),
             _ => "",
         }
     }

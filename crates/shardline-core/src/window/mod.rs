@@ -583,6 +583,7 @@ mod tests {
 
     pub(crate) fn txn(i: usize, t: i64, amount: i64, merchant: &str, declined: bool) -> Txn {
         Txn {
+            card_bin: None,
             event_id: format!("e{i}"),
             card_token: format!("tok_{}", i % 5),
             merchant_id: merchant.into(),

@@ -6,6 +6,7 @@ const V1_FIXTURE: &str = include_str!("v1-fixture.json");
 
 fn txn() -> Txn {
     Txn {
+        card_bin: None,
         event_id: "e1".into(),
         card_token: "tok-1".into(),
         merchant_id: "m-1".into(),
@@ -226,6 +227,26 @@ fn lists_from_the_file_and_the_store_are_both_used() {
         Outcome::Block,
         "the file's values stay"
     );
+}
+
+#[test]
+fn a_bin_list_matches_the_card_bin_by_prefix() {
+    let rs = RuleSet::from_json(
+        r#"{"version":"b","lists":{"risky_bins":{"kind":"bin","values":["4111","52"]}},"rules":[{"id":"bin","when":"card_bin in @risky_bins","action":"review","reason":"BIN"}]}"#,
+    )
+    .unwrap();
+    let f = Features::default();
+    let mut t = txn();
+    let p = Policy::of(rs.clone());
+    assert_eq!(rs.outcome(&p.vars(&f, &t)), Outcome::Allow, "no BIN sent");
+    for (bin, want) in [
+        ("411111", Outcome::Review),
+        ("520000", Outcome::Review),
+        ("411211", Outcome::Allow),
+    ] {
+        t.card_bin = Some(bin.into());
+        assert_eq!(rs.outcome(&p.vars(&f, &t)), want, "{bin}");
+    }
 }
 
 #[test]
@@ -548,6 +569,7 @@ fn scorer_variables_read_their_own_value() {
                 "card" => Value::Text("tok-1".into()),
                 "auth_result" => Value::Text("approved".into()),
                 "hour_utc" => Value::Number(7.0),
+                "card_bin" => Value::Text(String::new()),
                 other => panic!("no expectation for {other}"),
             },
         };
