@@ -227,7 +227,7 @@ async fn load_lists_keeps_the_kind_asked_for_across_pages_and_bounds_a_list() {
         ("nothing_here".to_owned(), ListKind::Bin),
     ];
     let loaded = lists.load_lists(&ask).await.unwrap();
-    let merchants_loaded = loaded.get("blocked_merchants").unwrap();
+    let merchants_loaded = loaded.get("blocked_merchants", ListKind::Merchant).unwrap();
     assert_eq!(
         merchants_loaded.len(),
         1_500,
@@ -235,9 +235,17 @@ async fn load_lists_keeps_the_kind_asked_for_across_pages_and_bounds_a_list() {
     );
     assert!(merchants_loaded.contains(&format!("m_01499_{pad}")));
     assert!(!merchants_loaded.contains("GB"));
-    assert!(loaded.get("home").unwrap().contains("GB"));
     assert!(
-        loaded.get("nothing_here").unwrap().is_empty(),
+        loaded
+            .get("home", ListKind::Country)
+            .unwrap()
+            .contains("GB")
+    );
+    assert!(
+        loaded
+            .get("nothing_here", ListKind::Bin)
+            .unwrap()
+            .is_empty(),
         "absent: empty"
     );
     assert_eq!(loaded.names().count(), 3);
@@ -248,7 +256,10 @@ async fn load_lists_keeps_the_kind_asked_for_across_pages_and_bounds_a_list() {
         .await
         .unwrap();
     assert_eq!(
-        as_country.get("blocked_merchants").unwrap().sorted(),
+        as_country
+            .get("blocked_merchants", ListKind::Country)
+            .unwrap()
+            .sorted(),
         ["GB"]
     );
 

@@ -498,11 +498,11 @@ impl ListSource for DynamoListSource {
         let loads = lists.iter().map(|(name, kind)| async move {
             self.load_one(name, *kind)
                 .await
-                .map(|values| (name.clone(), values))
+                .map(|values| (name.clone(), *kind, values))
         });
         let mut out = Lists::empty();
-        for (name, values) in futures::future::try_join_all(loads).await? {
-            out.insert(name, values);
+        for (name, kind, values) in futures::future::try_join_all(loads).await? {
+            out.insert(name, kind, values);
         }
         Ok(out)
     }

@@ -185,11 +185,13 @@ impl ListValues {
     }
 }
 
-/// Lists as loaded from the lists table: name to values. A list a rule set declares and
-/// the table does not hold is empty.
+/// Lists as loaded from the lists table: (name, kind) to values. Keyed by kind too, so
+/// that two rule sets declaring one name with different kinds (a live and a shadow set)
+/// each get their own values. A list a rule set declares and the table does not hold is
+/// empty.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lists {
-    lists: BTreeMap<String, Arc<ListValues>>,
+    lists: BTreeMap<(String, ListKind), Arc<ListValues>>,
 }
 
 impl Lists {
@@ -199,18 +201,18 @@ impl Lists {
     }
 
     /// Adds or replaces a list.
-    pub fn insert(&mut self, name: impl Into<String>, values: ListValues) {
-        self.lists.insert(name.into(), Arc::new(values));
+    pub fn insert(&mut self, name: impl Into<String>, kind: ListKind, values: ListValues) {
+        self.lists.insert((name.into(), kind), Arc::new(values));
     }
 
-    /// A list by name.
-    pub fn get(&self, name: &str) -> Option<&Arc<ListValues>> {
-        self.lists.get(name)
+    /// A list by name and kind.
+    pub fn get(&self, name: &str, kind: ListKind) -> Option<&Arc<ListValues>> {
+        self.lists.get(&(name.to_owned(), kind))
     }
 
-    /// Lists held.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.lists.keys().map(String::as_str)
+    /// Lists held, with their kinds.
+    pub fn names(&self) -> impl Iterator<Item = (&str, ListKind)> {
+        self.lists.keys().map(|(n, k)| (n.as_str(), *k))
     }
 }
 

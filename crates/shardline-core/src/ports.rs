@@ -295,6 +295,15 @@ pub trait ListSource: Send + Sync {
     ) -> impl Future<Output = Result<crate::lists::Lists, StoreError>> + Send;
 }
 
+impl<L: ListSource> ListSource for &L {
+    fn load_lists(
+        &self,
+        lists: &[(String, crate::lists::ListKind)],
+    ) -> impl Future<Output = Result<crate::lists::Lists, StoreError>> + Send {
+        (**self).load_lists(lists)
+    }
+}
+
 /// No lists table: every declared list is empty (rule-file values still apply).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoListSource;

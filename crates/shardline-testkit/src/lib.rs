@@ -457,7 +457,7 @@ impl ListSource for MemLists {
                 }
                 _ => ListValues::default(),
             };
-            out.insert(name.clone(), values);
+            out.insert(name.clone(), *kind, values);
         }
         Ok(out)
     }
@@ -525,18 +525,21 @@ mod tests {
             ("risky".to_owned(), ListKind::Mcc),
         ];
         let got = lists.load_lists(&ask).await.unwrap();
-        assert!(got.get("home").unwrap().contains("GB"));
-        assert!(got.get("risky").unwrap().is_empty(), "not stored: empty");
+        assert!(got.get("home", ListKind::Country).unwrap().contains("GB"));
+        assert!(
+            got.get("risky", ListKind::Mcc).unwrap().is_empty(),
+            "not stored: empty"
+        );
         // Another kind than the list's: empty, as the adapter skips those entries.
         let got = lists
             .load_lists(&[("home".to_owned(), ListKind::Merchant)])
             .await
             .unwrap();
-        assert!(got.get("home").unwrap().is_empty());
+        assert!(got.get("home", ListKind::Merchant).unwrap().is_empty());
         // Changed between loads.
         lists.set("home", ListKind::Country, ["DE"]);
         let got = lists.load_lists(&ask).await.unwrap();
-        assert_eq!(got.get("home").unwrap().sorted(), ["DE"]);
+        assert_eq!(got.get("home", ListKind::Country).unwrap().sorted(), ["DE"]);
         lists.faults.fail_next(1);
         assert!(lists.load_lists(&ask).await.is_err());
         assert_eq!(lists.calls(), 4);

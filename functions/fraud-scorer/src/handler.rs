@@ -119,6 +119,8 @@ struct PolicyCache {
     live: Cached<Arc<RuleSet>>,
     shadow: Cached<Option<Arc<RuleSet>>>,
     lists: Cached<Lists>,
+    /// The (name, kind) pairs `lists` was loaded for.
+    lists_for: Vec<(String, shardline_core::lists::ListKind)>,
     built: Arc<Policies>,
 }
 
@@ -132,6 +134,9 @@ pub struct Scorer<P, A, Q, R, S, L = NoListSource> {
     list_source: L,
     processor: BatchProcessor<Q>,
     policies: Mutex<PolicyCache>,
+    /// The shipped rule set (with the template's threshold): in force while nothing is
+    /// published.
+    default_rules: Arc<RuleSet>,
     settings: ScorerSettings,
 }
 
@@ -170,10 +175,12 @@ where
             stream: stores.stream,
             list_source: NoListSource,
             processor: BatchProcessor::new(settings.batch.clone(), stores.quarantine),
+            default_rules: Arc::clone(&initial),
             policies: Mutex::new(PolicyCache {
                 live: Cached::new(initial, settings.rules_ttl),
                 shadow: Cached::new(None, settings.rules_ttl),
                 lists: Cached::new(Lists::empty(), settings.lists_ttl),
+                lists_for: Vec::new(),
                 built,
             }),
             settings,
@@ -190,6 +197,7 @@ where
             list_source: lists,
             processor: self.processor,
             policies: self.policies,
+            default_rules: self.default_rules,
             settings: self.settings,
         }
     }
@@ -198,11 +206,15 @@ where
 /// The template's AlertThreshold, when set, is the shipped default set's review
 /// threshold (a published rule set carries its own).
 fn with_override(mut rs: RuleSet, threshold: Option<u32>) -> RuleSet {
-    if let Some(t) = threshold {
+    if let Some(t) = threshold
+        && rs.thresholds.review != Some(t)
+    {
         rs.thresholds.review = Some(t);
         if rs.thresholds.block.is_some_and(|b| b < t) {
             rs.thresholds.block = Some(t);
         }
+        // Other thresholds, other decisions: the hash says so.
+        rs.hash = format!("{}+review={t}", rs.hash);
     }
     rs
 }
@@ -315,7 +327,12 @@ where
         if cache.live.stale(now) {
             let live = match self.rule_source.load_rules().await {
                 // A published set carries its own thresholds.
-                Ok(loaded) => loaded.map(Arc::new),
+                Ok(Some(loaded)) => Some(Arc::new(loaded)),
+                // Nothing published (or the item deleted): the shipped default.
+                Ok(None) if cache.live.current().hash != self.default_rules.hash => {
+                    Some(Arc::clone(&self.default_rules))
+                }
+                Ok(None) => None,
                 Err(e) => {
                     tracing::warn!(error = %e, "Rule set reload failed; keeping the rules in force.");
                     None
@@ -335,13 +352,16 @@ where
                 }
             }
         }
-        if cache.lists.stale(now) {
-            let mut wanted = cache.live.current().list_kinds();
-            if let Some(s) = cache.shadow.current() {
-                wanted.extend(s.list_kinds());
-            }
-            wanted.sort();
-            wanted.dedup();
+        let mut wanted = cache.live.current().list_kinds();
+        if let Some(s) = cache.shadow.current() {
+            wanted.extend(s.list_kinds());
+        }
+        wanted.sort();
+        wanted.dedup();
+        // A rule set that names a list not loaded yet gets it now, not a TTL later (until
+        // then it would read as empty: a block list blocking nothing).
+        let new_lists = wanted.iter().any(|w| !cache.lists_for.contains(w));
+        if cache.lists.stale(now) || new_lists {
             let loaded = if wanted.is_empty() {
                 Some(Lists::empty())
             } else {
@@ -353,7 +373,10 @@ where
                     }
                 }
             };
-            changed |= loaded.is_some();
+            if loaded.is_some() {
+                changed = true;
+                cache.lists_for = wanted;
+            }
             cache.lists.refreshed(now, loaded);
         }
         if changed {
@@ -498,20 +521,31 @@ where
         work: &HashMap<&str, Mutex<CardWork>>,
         deadline: Option<Instant>,
     ) {
+        // Each record with the card it belongs to: shadow records carry no card token,
+        // and a failed chunk must leave every card with a record in it to its commit.
         let mut all: Vec<Alert> = Vec::new();
+        let mut owners: Vec<String> = Vec::new();
         for st in work.values() {
             let mut st = st.lock().await;
             match &st.computed {
                 Some(c) if c.alerts.is_empty() && c.shadow_alerts.is_empty() => {
                     st.alerts_durable = true
                 }
-                Some(c) => all.extend(c.alerts.iter().chain(&c.shadow_alerts).cloned()),
+                Some(c) => {
+                    for a in c.alerts.iter().chain(&c.shadow_alerts) {
+                        all.push(a.clone());
+                        owners.push(c.profile.card_token.clone());
+                    }
+                }
                 None => {}
             }
         }
-        let mut failed_cards: Vec<String> = Vec::new();
+        let mut failed_cards: std::collections::HashSet<&str> = std::collections::HashSet::new();
         let mut out_of_time = false;
-        for chunk in all.chunks(MAX_BATCH_WRITE) {
+        for (chunk, owners) in all
+            .chunks(MAX_BATCH_WRITE)
+            .zip(owners.chunks(MAX_BATCH_WRITE))
+        {
             out_of_time = out_of_time || !self.time_for(Duration::ZERO, deadline);
             let ok = !out_of_time
                 && self
@@ -519,15 +553,16 @@ where
                     .await
                     .is_ok();
             if !ok {
-                failed_cards.extend(chunk.iter().filter_map(|a| a.card_token.clone()));
+                failed_cards.extend(owners.iter().map(String::as_str));
             }
         }
         for st in work.values() {
             let mut st = st.lock().await;
-            let card = st.computed.as_ref().map(|c| c.profile.card_token.clone());
-            if let Some(card) = card
-                && !failed_cards.contains(&card)
-            {
+            let written = st
+                .computed
+                .as_ref()
+                .is_some_and(|c| !failed_cards.contains(c.profile.card_token.as_str()));
+            if written {
                 st.alerts_durable = true;
             }
         }

@@ -115,6 +115,25 @@ const SHADOW_RULES: &str = r#"{
 
 impl World {
     fn scorer(&self) -> MemScorer<'_> {
+        self.scorer_with(test_settings())
+    }
+
+    fn scorer_with(&self, settings: ScorerSettings) -> MemScorer<'_> {
+        Scorer::new(
+            Stores {
+                profiles: &self.profiles,
+                alerts: &self.alerts,
+                quarantine: &self.quarantine,
+                rules: self.rules.clone(),
+                stream: &self.published,
+            },
+            settings,
+        )
+    }
+}
+
+fn test_settings() -> ScorerSettings {
+    {
         let mut settings = ScorerSettings::default();
         settings.batch = BatchConfig {
             retry: RetryPolicy {
@@ -126,16 +145,7 @@ impl World {
         };
         // Every invocation asks the rule source (tests change what it holds).
         settings.rules_ttl = std::time::Duration::ZERO;
-        Scorer::new(
-            Stores {
-                profiles: &self.profiles,
-                alerts: &self.alerts,
-                quarantine: &self.quarantine,
-                rules: self.rules.clone(),
-                stream: &self.published,
-            },
-            settings,
-        )
+        settings
     }
 }
 
@@ -545,10 +555,13 @@ proptest! {
             // Lambda sends [start, end); sometimes a fault makes part of it fail (not
             // on a retry, so the stream always moves on, as it does once a store recovers).
             world.profiles.faults.fail_next(if retrying { 0 } else { faults[step % faults.len()] * 3 });
+            // And the alerts table: a failed bulk write leaves records to each card's commit.
+            world.alerts.faults.fail_next(if retrying { 0 } else { faults[step % faults.len()] });
             let report = rt.block_on(scorer.handle_records(&recs[start..end], None));
             // A duplicate delivery of the same batch (at-least-once).
             if step % dup_every == 0 {
                 world.profiles.faults.fail_next(0);
+                world.alerts.faults.fail_next(0);
                 rt.block_on(scorer.handle_records(&recs[start..end], None));
             }
             match report.response.batch_item_failures.first().and_then(|f| f.item_identifier.clone()) {
@@ -660,6 +673,67 @@ fn decision_records_carry_the_outcome_explanation_and_rule_set() {
     // The shadow set allows all but tok_1/e4 (a review where the live set blocks): it
     // agrees only on the two events both allow.
     assert_eq!(report.shadow_disagreements, 5);
+}
+
+/// A failed bulk write of a chunk holding only shadow records (which carry no card
+/// token) leaves their card to write them at its commit: none is lost.
+#[test]
+fn a_shadow_record_whose_bulk_write_failed_is_written_at_the_commit() {
+    let world = World::with_rules(TestRules::of(DECISION_RULES, Some(SHADOW_RULES)));
+    // Three events of one card 20 minutes apart: the live set allows them all, the
+    // shadow set reviews the third (REPEAT).
+    let recs: Vec<InRecord<Txn>> = (0..3)
+        .map(|i| {
+            rec(
+                "shardId-000000000000",
+                i,
+                txn(i + 1, 9, i, 5_000, T0 + i as i64 * 1_200_000),
+            )
+        })
+        .collect();
+    world.alerts.faults.fail_next(1);
+    let report = rt().block_on(world.scorer().handle_records(&recs, None));
+    assert!(report.response.batch_item_failures.is_empty());
+    assert_eq!(report.alerts, 0);
+    let all = world.alerts.snapshot();
+    assert_eq!(all.keys().collect::<Vec<_>>(), vec!["shadow:tok_9/e3"]);
+}
+
+/// A newly published set's lists are loaded at once (not a lists TTL later, when a
+/// block list would block nothing), then only every lists TTL.
+#[test]
+fn a_new_rule_sets_lists_are_loaded_at_once_then_every_ttl() {
+    const NO_LISTS: &str = r#"{"version":"plain","thresholds":{"review":900},"rules":[{"id":"x","when":"amount_minor > 1e9","score":1,"reason":"X"}]}"#;
+    const LISTED: &str = r#"{"version":"listed","lists":{"blocked":"card"},"rules":[{"id":"b","when":"card in @blocked","action":"block","reason":"BLOCKED"}]}"#;
+    let lists = shardline_testkit::MemLists::default();
+    lists.set("blocked", shardline_core::lists::ListKind::Card, ["tok_2"]);
+    let world = World::with_rules(TestRules {
+        live: Arc::new(Mutex::new(vec![Some(NO_LISTS), Some(LISTED)])),
+        shadow: None,
+    });
+    let mut settings = test_settings();
+    settings.lists_ttl = std::time::Duration::from_secs(3600);
+    let scorer = world.scorer_with(settings).with_lists(&lists);
+    let rt = rt();
+    let e = |i: usize| {
+        vec![rec(
+            "shardId-000000000000",
+            i,
+            txn(i + 1, 2, i, 5_000, T0 + i as i64 * 60_000),
+        )]
+    };
+    assert_eq!(rt.block_on(scorer.handle_records(&e(0), None)).alerts, 0);
+    assert_eq!(lists.calls(), 0, "a set without lists asks for none");
+    let r = rt.block_on(scorer.handle_records(&e(1), None));
+    assert_eq!(
+        (r.alerts, r.blocked),
+        (1, 1),
+        "the new set's list is in force at once"
+    );
+    assert_eq!(lists.calls(), 1);
+    let r = rt.block_on(scorer.handle_records(&e(2), None));
+    assert_eq!(r.blocked, 1);
+    assert_eq!(lists.calls(), 1, "then cached for the lists TTL");
 }
 
 #[test]

@@ -61,8 +61,8 @@ pub enum Rules {
         #[arg(long)]
         window: bool,
     },
-    /// Publish a rule set: the scorer picks it up within its rules TTL (the template's
-    /// RulesTtlSeconds), without a redeploy. An invalid file is refused and nothing is
+    /// Publish a rule set: the scorer picks it up within its rules TTL
+    /// (RULES_TTL_SECONDS, 60 s), without a redeploy. An invalid file is refused and nothing is
     /// written; the rule set in force stays.
     Publish {
         /// The rule set.

@@ -41,7 +41,9 @@ pub const MAX_CONDITION_LEN: usize = 4096;
 /// Deepest nesting of parentheses, brackets and operators accepted.
 pub const MAX_DEPTH: usize = 64;
 /// Largest compiled regular expression (`regex_match`), bytes.
-const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+const REGEX_SIZE_LIMIT: usize = 32 * 1024;
+/// Most `not` and unary `-` operators in one condition.
+pub const MAX_PREFIX_OPS: usize = 128;
 
 /// A value's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -395,6 +397,21 @@ fn parse(src: &str) -> Result<Node, ExprError> {
     }
     check_nesting(src)?;
     let mut top = Grammar::parse(G::condition, src).map_err(|e| pest_error(src, e))?;
+    // The Pratt parser recurses once for each prefix operator that has an operand with
+    // looser operators behind it (`1 + not 1 + not 1 ...`): bound them in the whole
+    // condition before it runs.
+    if let Some(p) = top
+        .clone()
+        .flatten()
+        .filter(|p| matches!(p.as_rule(), G::not | G::neg))
+        .nth(MAX_PREFIX_OPS)
+    {
+        return Err(ExprError::at(
+            src,
+            p.as_span().start(),
+            format!("more than {MAX_PREFIX_OPS} not / - operators; split the rule"),
+        ));
+    }
     let expr = top
         .next()
         .and_then(|c| c.into_inner().next())
@@ -486,6 +503,8 @@ fn build(src: &str, pairs: Pairs<'_, G>) -> Result<Node, ExprError> {
         .parse(pairs)
 }
 
+/// Resolves `\\`, `\"`, `\'`, `\n` and `\t`; any other backslash is kept as written, so
+/// a regular expression reads as it does anywhere else (`'^m\d+$'`, `'a\.b'`).
 fn unescape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
@@ -497,8 +516,12 @@ fn unescape(s: &str) -> String {
         match chars.next() {
             Some('n') => out.push('\n'),
             Some('t') => out.push('\t'),
-            Some(other) => out.push(other),
-            None => {}
+            Some(q @ ('\\' | '"' | '\'')) => out.push(q),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
         }
     }
     out
@@ -625,6 +648,7 @@ struct Checker<'a> {
     lists: &'a [(String, ListKind)],
     reads: Vec<u16>,
     lists_read: Vec<u16>,
+    regexes: usize,
 }
 
 fn names(xs: impl Iterator<Item = impl AsRef<str>>) -> String {
@@ -777,6 +801,7 @@ impl Checker<'_> {
                         .map_err(|e| {
                             self.err(args[1].at, format!("bad regular expression: {e}"))
                         })?;
+                    self.regexes += 1;
                     Typed::B(Bool::Regex(s, re))
                 }
             }
@@ -909,7 +934,8 @@ impl Checker<'_> {
                 Typed::N(n) => {
                     let mut set = Vec::with_capacity(items.len());
                     for it in items {
-                        set.push(self.const_num(it)?);
+                        // -0 and 0 are one number (as == says).
+                        set.push(self.const_num(it)? + 0.0);
                     }
                     set.sort_by(f64::total_cmp);
                     set.dedup();
@@ -960,6 +986,7 @@ pub struct Condition {
     expr: Bool,
     reads: Box<[u16]>,
     lists: Box<[u16]>,
+    regexes: usize,
 }
 
 impl PartialEq for Condition {
@@ -983,6 +1010,7 @@ impl Condition {
             lists,
             reads: Vec::new(),
             lists_read: Vec::new(),
+            regexes: 0,
         };
         let expr = match c.compile(&node)? {
             Typed::B(b) => b,
@@ -999,6 +1027,7 @@ impl Condition {
             expr,
             reads: c.reads.into(),
             lists: c.lists_read.into(),
+            regexes: c.regexes,
         })
     }
 
@@ -1015,6 +1044,11 @@ impl Condition {
     /// The lists it tests (slots).
     pub fn lists(&self) -> &[u16] {
         &self.lists
+    }
+
+    /// The regular expressions it compiled (a rule set bounds their total).
+    pub fn regexes(&self) -> usize {
+        self.regexes
     }
 
     /// Evaluates the condition.
@@ -1081,7 +1115,7 @@ fn eval_bool(e: &Bool, v: &impl Vars) -> bool {
         Bool::TextEq(eq, a, b) => (eval_text(a, v) == eval_text(b, v)) == *eq,
         Bool::Equal(eq, a, b) => (eval_bool(a, v) == eval_bool(b, v)) == *eq,
         Bool::NumIn(x, set, negate) => {
-            let x = eval_num(x, v);
+            let x = eval_num(x, v) + 0.0;
             set.binary_search_by(|p| p.total_cmp(&x)).is_ok() != *negate
         }
         Bool::TextIn(x, set, negate) => set.contains(eval_text(x, v)) != *negate,

@@ -195,6 +195,44 @@ fn sets_and_lists() {
 }
 
 #[test]
+fn escapes_and_regexes() {
+    let e = Env {
+        country: "a.b\\c'd\"",
+        ..Env::default()
+    };
+    assert!(eval(r#"country == 'a.b\\c\'d"'"#, &e));
+    assert!(eval(r#"country == "a.b\\c'd\"""#, &e));
+    assert!(eval(r"regex_match(country, '^a\.b')", &e));
+    assert!(!eval(r"regex_match(country, '^a\.c')", &e));
+    let m = Env {
+        country: "m12",
+        ..Env::default()
+    };
+    assert!(eval(r"regex_match(country, '^m\d+$')", &m));
+    assert!(!eval(r"regex_match(country, '^m\d+$')", &Env::default()));
+    let huge = format!("regex_match(country, '(?:a?){{{}}}')", 5_000);
+    assert!(err(&huge).message.contains("bad regular expression"));
+    assert_eq!(
+        compile("regex_match(country, 'x') or regex_match(country, 'y')")
+            .unwrap()
+            .regexes(),
+        2
+    );
+}
+
+#[test]
+fn zero_and_minus_zero_are_one_number_in_sets() {
+    let z = Env {
+        amount: 0.0,
+        ..Env::default()
+    };
+    assert!(eval("amount in [-0]", &z));
+    assert!(eval("amount in [0, -0]", &z));
+    assert!(eval("-amount in [0]", &z));
+    assert!(eval("amount == -0", &z));
+}
+
+#[test]
 fn reads_name_each_variable_once_in_order() {
     let c = compile("amount > 1 and count > amount and country in @home").unwrap();
     assert_eq!(c.reads(), &[0, 1, 3]);
@@ -251,9 +289,21 @@ fn hostile_conditions_are_refused_not_crashed_on() {
     let deep = format!("{}true{}", "(".repeat(1_000), ")".repeat(1_000));
     assert!(err(&deep).message.contains("nested more than"));
     let nots = format!("{}true", "not ".repeat(1_000));
-    assert!(err(&nots).message.contains("operators deep"));
+    assert!(err(&nots).message.contains("not / - operators"));
     let negs = format!("{}1 > 0", "-".repeat(4_000));
-    assert!(err(&negs).message.contains("operators deep"));
+    assert!(err(&negs).message.contains("not / - operators"));
+    // A run of 100 (under the total) is still deeper than a run may be.
+    let run = format!("{}true", "not ".repeat(100));
+    assert!(err(&run).message.contains("operators deep"));
+    // A prefix operator before looser operators nests the parser once each.
+    let mixed = format!("1 {} > 0", "+ not 1 ".repeat(500));
+    assert!(
+        err(&mixed).message.contains("not / - operators"),
+        "{}",
+        err(&mixed)
+    );
+    let mixed = format!("count {} > 0", "== not true ".repeat(300));
+    assert!(err(&mixed).message.contains("not / - operators"));
     let ors = vec!["true"; 500].join(" or ");
     assert!(err(&ors).message.contains("operators deep"));
     let long = format!("amount > {}", "1".repeat(MAX_CONDITION_LEN));

@@ -50,6 +50,8 @@ pub fn alert_id(card_token: &str, event_id: &str) -> String {
 /// Prefix of the ids (and of the by-day index partition) of shadow decisions, which
 /// share the alerts table with live ones but never their keys or index partitions.
 pub const SHADOW_PREFIX: &str = "shadow:";
+/// Most fired rules a decision record explains (the reasons list keeps them all).
+pub const MAX_EXPLAINED_RULES: usize = 32;
 /// The source of shadow decisions.
 pub const SHADOW_SOURCE: &str = "fraud-scorer/shadow";
 
@@ -78,7 +80,13 @@ fn record(policy: &Policy, d: rules::Decision, txn: &Txn, event_id: &str, shadow
         ruleset_hash: rs.hash.clone(),
         outcome: d.outcome,
         features: d.numeric_values(),
-        rules: d.fired.into_iter().chain(d.shadow_fired).collect(),
+        // Bounded: a record stays far under DynamoDB's 400 KB item limit whatever fires.
+        rules: d
+            .fired
+            .into_iter()
+            .chain(d.shadow_fired)
+            .take(MAX_EXPLAINED_RULES)
+            .collect(),
         event_time_ms: txn.event_time_ms,
         alert_day: if shadow {
             format!("{SHADOW_PREFIX}{day}")

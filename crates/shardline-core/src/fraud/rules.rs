@@ -34,6 +34,8 @@ pub const MAX_SCORE: u32 = 1000;
 pub const MAX_RULES: usize = 500;
 /// Most lists a set declares.
 pub const MAX_LISTS: usize = 64;
+/// Most `regex_match` calls in a set (each compiles to at most 32 KiB).
+pub const MAX_REGEXES: usize = 64;
 
 /// A v1 comparison (`feature op value`); also the window rules' v1 form.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -398,11 +400,15 @@ struct FileSpec {
 #[serde(untagged)]
 enum ListSpec {
     Kind(ListKind),
-    Full {
-        kind: ListKind,
-        #[serde(default)]
-        values: Vec<String>,
-    },
+    Full(ListFull),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListFull {
+    kind: ListKind,
+    #[serde(default)]
+    values: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -418,7 +424,7 @@ struct RuleSpec {
     #[serde(default)]
     value: Option<f64>,
     #[serde(default)]
-    score: u32,
+    score: Option<u32>,
     #[serde(default)]
     action: Option<Outcome>,
     reason: String,
@@ -546,7 +552,7 @@ impl RuleSet {
             check_list_name(&name).map_err(err)?;
             let (kind, raw) = match l {
                 ListSpec::Kind(k) => (k, Vec::new()),
-                ListSpec::Full { kind, values } => (kind, values),
+                ListSpec::Full(ListFull { kind, values }) => (kind, values),
             };
             let mut values = Vec::with_capacity(raw.len());
             for v in &raw {
@@ -574,10 +580,12 @@ impl RuleSet {
             if r.reason.is_empty() || r.reason.len() > 128 {
                 return Err(rule_err(&r.id, "a reason is 1 to 128 characters"));
             }
-            if r.score > MAX_SCORE {
+            let score = r.score.unwrap_or(0);
+            if score > MAX_SCORE {
                 return Err(rule_err(&r.id, "a score is 0 to 1000"));
             }
-            if r.score == 0 && r.action.is_none() {
+            // A rule may score 0 if it says so (v1 rules always do): it is recorded.
+            if r.score.is_none() && r.action.is_none() {
                 return Err(rule_err(&r.id, "give it a score, an action, or both"));
             }
             let when = match (r.when, r.feature, r.op, r.value) {
@@ -620,13 +628,27 @@ impl RuleSet {
             rules.push(Rule {
                 id: r.id,
                 when,
-                score: r.score,
+                score,
                 action: r.action,
                 reason: r.reason,
                 shadow: r.shadow,
                 description: r.description,
                 condition,
             });
+        }
+        let regexes: usize = rules.iter().map(|r| r.condition.regexes()).sum();
+        if regexes > MAX_REGEXES {
+            return Err(RuleSetError::Set(format!(
+                "{regexes} regex_match calls; at most {MAX_REGEXES} in a set"
+            )));
+        }
+        if thresholds == Thresholds::default()
+            && let Some(r) = rules.iter().find(|r| !r.shadow && r.score > 0)
+        {
+            return Err(rule_err(
+                &r.id,
+                "it has a score but the set has no thresholds: give thresholds.review and/or thresholds.block",
+            ));
         }
         let pick = |f: &dyn Fn(&Rule) -> bool| -> Vec<usize> {
             (0..rules.len())
@@ -674,7 +696,7 @@ impl RuleSet {
             .iter()
             .map(|r| {
                 let mut o = serde_json::json!({"id": r.id, "when": r.when, "reason": r.reason});
-                if r.score > 0 {
+                if r.score > 0 || r.action.is_none() {
                     o["score"] = r.score.into();
                 }
                 if let Some(a) = r.action {
@@ -710,7 +732,7 @@ impl RuleSet {
     pub fn resolve_lists(&self, stored: &Lists) -> Vec<Arc<ListValues>> {
         self.lists
             .iter()
-            .map(|d| match stored.get(&d.name) {
+            .map(|d| match stored.get(&d.name, d.kind) {
                 Some(s) if d.values.is_empty() => Arc::clone(s),
                 Some(s) if !s.is_empty() => {
                     let mut all: Vec<&str> = d.values.sorted();
@@ -758,10 +780,12 @@ impl RuleSet {
                 .reads()
                 .iter()
                 .map(|&s| {
-                    (
-                        SCORER_VARS[usize::from(s)].name.to_owned(),
-                        read_var(SCORER_VARS, s, v),
-                    )
+                    // A merchant id that reads as a card number never leaves in a record.
+                    let value = match read_var(SCORER_VARS, s, v) {
+                        Value::Text(t) => Value::Text(crate::event::pan_safe_id(&t).into_owned()),
+                        other => other,
+                    };
+                    (SCORER_VARS[usize::from(s)].name.to_owned(), value)
                 })
                 .collect();
             let fired = FiredRule {

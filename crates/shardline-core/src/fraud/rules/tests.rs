@@ -188,7 +188,10 @@ fn outcome_precedence_allow_then_block_then_review_and_thresholds() {
         decide(&set(score, r#"{"review":300}"#), &f).outcome,
         Outcome::Review
     );
-    assert_eq!(decide(&set(score, "{}"), &f).outcome, Outcome::Allow);
+    assert!(
+        RuleSet::from_json(&format!(r#"{{"version":"t","rules":[{score}]}}"#)).is_err(),
+        "a scored rule needs thresholds"
+    );
     // A rule that does not fire changes nothing.
     let quiet = Features::default();
     assert_eq!(
@@ -211,8 +214,10 @@ fn lists_from_the_file_and_the_store_are_both_used() {
     t.card_token = "tok-2".into();
     assert_eq!(rs.outcome(&p.vars(&f, &t)), Outcome::Allow);
     let mut stored = Lists::empty();
-    stored.insert("ok", ListValues::new(["tok-2"]));
-    stored.insert("bad", ListValues::new(["tok-3"]));
+    stored.insert("ok", ListKind::Card, ListValues::new(["tok-2"]));
+    // The same name under another kind is another list.
+    stored.insert("bad", ListKind::Merchant, ListValues::new(["tok-2"]));
+    stored.insert("bad", ListKind::Card, ListValues::new(["tok-3"]));
     let p = Policy::new(Arc::new(rs.clone()), &stored);
     assert_eq!(rs.outcome(&p.vars(&f, &t)), Outcome::Block);
     t.card_token = "tok-3".into();
@@ -247,6 +252,29 @@ fn a_bin_list_matches_the_card_bin_by_prefix() {
         t.card_bin = Some(bin.into());
         assert_eq!(rs.outcome(&p.vars(&f, &t)), want, "{bin}");
     }
+}
+
+#[test]
+fn v1_rules_scoring_zero_and_shadow_rules_recording_only_still_load() {
+    let v1 = r#"{"version":"x","alert_threshold":500,"rules":[{"id":"r","feature":"count_1m","op":"gte","value":1,"score":0,"reason":"R","shadow":true}]}"#;
+    assert!(RuleSet::from_json(v1).is_ok());
+    let v2 =
+        r#"{"version":"x","rules":[{"id":"r","when":"count_1m >= 1","score":0,"reason":"R"}]}"#;
+    assert!(RuleSet::from_json(v2).is_ok());
+}
+
+#[test]
+fn a_merchant_id_that_reads_as_a_card_number_is_not_in_an_explanation() {
+    let rs = set(
+        r#"{"id":"m","when":"merchant != ''","action":"review","reason":"M"}"#,
+        "{}",
+    );
+    let f = Features::default();
+    let mut t = txn();
+    t.merchant_id = "4111111111111111".into();
+    let d = rs.decide(&Policy::of(rs.clone()).vars(&f, &t));
+    let json = serde_json::to_string(&d).unwrap();
+    assert!(!json.contains("4111111111111111"), "{json}");
 }
 
 #[test]
@@ -459,9 +487,6 @@ proptest::proptest! {
             .enumerate()
             .map(|(i, mut r)| {
                 r["id"] = format!("r{i}").into();
-                if r["score"] == 0 {
-                    r["score"] = 1.into();
-                }
                 r
             })
             .collect();
@@ -503,6 +528,8 @@ proptest::proptest! {
                 r
             })
             .collect();
+        // A set with scored rules needs a threshold.
+        let review = if review.is_none() && block.is_none() { Some(300) } else { review };
         let json = serde_json::json!({"version": "p", "thresholds": {"review": review, "block": block}, "rules": rules}).to_string();
         let rs = RuleSet::from_json(&json).unwrap();
         for f in &fs {
