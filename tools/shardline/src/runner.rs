@@ -200,12 +200,24 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Clients from an SDK configuration.
+    /// Clients from an SDK configuration, retrying more than the SDK's default three
+    /// attempts: the runner stands in for Lambda's event source mapping, which does not
+    /// give up on its own reads and checkpoints because an endpoint dropped a few
+    /// connections (an overloaded emulator does).
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        let sdk = sdk
+            .to_builder()
+            .retry_config(
+                aws_config::retry::RetryConfig::standard()
+                    .with_max_attempts(10)
+                    .with_initial_backoff(std::time::Duration::from_millis(100))
+                    .with_max_backoff(std::time::Duration::from_secs(5)),
+            )
+            .build();
         Self {
-            kinesis: aws_sdk_kinesis::Client::new(sdk),
-            ddb: aws_sdk_dynamodb::Client::new(sdk),
-            sqs: aws_sdk_sqs::Client::new(sdk),
+            kinesis: aws_sdk_kinesis::Client::new(&sdk),
+            ddb: aws_sdk_dynamodb::Client::new(&sdk),
+            sqs: aws_sdk_sqs::Client::new(&sdk),
         }
     }
 }
