@@ -434,6 +434,40 @@ struct RuleSpec {
     description: Option<String>,
 }
 
+/// The canonical JSON of a rule file (keys sorted, no spaces) and its content hash
+/// (`sha256:` and 16 hex digits): what is stored and written into decisions.
+pub(crate) fn canonical(json: &str) -> Result<(String, String), RuleSetError> {
+    let value: serde_json::Value = serde_json::from_str(json)?;
+    let source = serde_json::to_string(&value)?;
+    let digest = sha2::Sha256::digest(source.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Ok((source, format!("sha256:{hex}")))
+}
+
+/// A rule set's version: 1 to 128 characters.
+pub(crate) fn check_version(version: &str) -> Result<(), RuleSetError> {
+    if version.trim().is_empty() || version.len() > 128 {
+        return Err(RuleSetError::Set(
+            "version must be 1 to 128 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A rule's id and reason: 1 to 128 characters each, the id unique in its set.
+pub(crate) fn check_rule_names(id: &str, reason: &str, taken: bool) -> Result<(), RuleSetError> {
+    if id.is_empty() || id.len() > 128 {
+        return Err(rule_err(id, "an id is 1 to 128 characters"));
+    }
+    if taken {
+        return Err(rule_err(id, "the id is used twice"));
+    }
+    if reason.is_empty() || reason.len() > 128 {
+        return Err(rule_err(id, "a reason is 1 to 128 characters"));
+    }
+    Ok(())
+}
+
 fn rule_err(rule: &str, message: impl Into<String>) -> RuleSetError {
     RuleSetError::Rule {
         rule: rule.to_owned(),
@@ -496,23 +530,9 @@ impl RuleSet {
     /// Parses, checks and compiles a rule set (v1 or v2).
     pub fn from_json(json: &str) -> Result<Self, RuleSetError> {
         let spec: FileSpec = serde_json::from_str(json)?;
-        let canonical: serde_json::Value = serde_json::from_str(json)?;
-        let source = serde_json::to_string(&canonical)?;
-        let digest = sha2::Sha256::digest(source.as_bytes());
-        let hash = format!(
-            "sha256:{}",
-            digest
-                .iter()
-                .take(8)
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        let (source, hash) = canonical(json)?;
         let _ = spec.description;
-        if spec.version.trim().is_empty() || spec.version.len() > 128 {
-            return Err(RuleSetError::Set(
-                "version must be 1 to 128 characters".into(),
-            ));
-        }
+        check_version(&spec.version)?;
         let thresholds = match (spec.alert_threshold, spec.thresholds) {
             (Some(_), Some(_)) => {
                 return Err(RuleSetError::Set(
@@ -571,15 +591,7 @@ impl RuleSet {
         }
         let mut rules: Vec<Rule> = Vec::with_capacity(spec.rules.len());
         for r in spec.rules {
-            if r.id.is_empty() || r.id.len() > 128 {
-                return Err(rule_err(&r.id, "an id is 1 to 128 characters"));
-            }
-            if rules.iter().any(|x| x.id == r.id) {
-                return Err(rule_err(&r.id, "the id is used twice"));
-            }
-            if r.reason.is_empty() || r.reason.len() > 128 {
-                return Err(rule_err(&r.id, "a reason is 1 to 128 characters"));
-            }
+            check_rule_names(&r.id, &r.reason, rules.iter().any(|x| x.id == r.id))?;
             let score = r.score.unwrap_or(0);
             if score > MAX_SCORE {
                 return Err(rule_err(&r.id, "a score is 0 to 1000"));

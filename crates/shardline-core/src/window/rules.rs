@@ -19,13 +19,15 @@ use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use sketches_ddsketch::DDSketch;
 
 use super::{KeyKind, MINUTE_MS, Metrics, WindowId};
 use crate::alert::{Alert, utc_day};
 use crate::expr::{Condition, Value, VarDef, Vars, read_var};
-use crate::fraud::rules::{FiredRule, MAX_RULES, MAX_SCORE, Op, Outcome, RuleSetError};
+use crate::fraud::rules::{
+    FiredRule, MAX_RULES, MAX_SCORE, Op, Outcome, RuleSetError, canonical, check_rule_names,
+    check_version,
+};
 use crate::lists::ListValues;
 
 /// The rule set shipped in the repository (`rules/window-default.json`).
@@ -348,36 +350,14 @@ impl WindowRuleSet {
     /// and column in it: [`RuleSetError::explain`] draws a caret under it).
     pub fn from_json(json: &str) -> Result<Self, RuleSetError> {
         let spec: FileSpec = serde_json::from_str(json)?;
-        let canonical: serde_json::Value = serde_json::from_str(json)?;
-        let source = serde_json::to_string(&canonical)?;
-        let digest = sha2::Sha256::digest(source.as_bytes());
-        let hash = format!(
-            "sha256:{}",
-            digest
-                .iter()
-                .take(8)
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
-        if spec.version.trim().is_empty() || spec.version.len() > 128 {
-            return Err(RuleSetError::Set(
-                "version must be 1 to 128 characters".into(),
-            ));
-        }
+        let (source, hash) = canonical(json)?;
+        check_version(&spec.version)?;
         if spec.rules.len() > MAX_RULES {
             return Err(RuleSetError::Set(format!("more than {MAX_RULES} rules")));
         }
         let mut rules: Vec<WindowRule> = Vec::with_capacity(spec.rules.len());
         for r in spec.rules {
-            if r.id.is_empty() || r.id.len() > 128 {
-                return Err(rule_err(&r.id, "an id is 1 to 128 characters"));
-            }
-            if rules.iter().any(|x| x.id == r.id) {
-                return Err(rule_err(&r.id, "the id is used twice"));
-            }
-            if r.reason.is_empty() || r.reason.len() > 128 {
-                return Err(rule_err(&r.id, "a reason is 1 to 128 characters"));
-            }
+            check_rule_names(&r.id, &r.reason, rules.iter().any(|x| x.id == r.id))?;
             if r.score > MAX_SCORE {
                 return Err(rule_err(&r.id, "a score is 0 to 1000"));
             }
