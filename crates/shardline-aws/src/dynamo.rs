@@ -185,20 +185,24 @@ impl AlertSink for DynamoAlertSink {
         }
         let mut writes = Vec::with_capacity(alerts.len());
         for a in alerts {
-            let item = serde_dynamo::to_item(a).map_err(fatal)?;
-            writes.push(
-                WriteRequest::builder()
-                    .put_request(
-                        PutRequest::builder()
-                            .set_item(Some(item))
-                            .build()
-                            .map_err(fatal)?,
-                    )
-                    .build(),
-            );
+            writes.push(put_request(serde_dynamo::to_item(a).map_err(fatal)?)?);
         }
         batch_write(&self.client, &self.table, writes).await
     }
+}
+
+/// A BatchWriteItem request putting `item`.
+pub fn put_request(
+    item: std::collections::HashMap<String, AttributeValue>,
+) -> Result<WriteRequest, StoreError> {
+    Ok(WriteRequest::builder()
+        .put_request(
+            PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .map_err(fatal)?,
+        )
+        .build())
 }
 
 /// One BatchWriteItem of up to 25 requests, re-sending unprocessed items with backoff.

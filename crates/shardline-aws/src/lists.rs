@@ -7,9 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, DeleteRequest, PutRequest, ReturnValue, Select, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, ReturnValue, Select, WriteRequest};
 use serde::{Deserialize, Serialize};
 use shardline_core::StoreError;
 use shardline_core::lists::{ListEntry, ListKind, ListValues, Lists, check_list_name};
@@ -199,15 +197,7 @@ impl DynamoListSource {
         loop {
             // https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Query.Pagination.html
             let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("#l = :l")
-                .projection_expression("#v, #k")
-                .expression_attribute_names("#l", LIST_KEY)
-                .expression_attribute_names("#v", VALUE_KEY)
-                .expression_attribute_names("#k", KIND_ATTR)
-                .expression_attribute_values(":l", AttributeValue::S(list.to_owned()))
+                .list_query(list)
                 .set_exclusive_start_key(start_key)
                 .send()
                 .await
@@ -249,11 +239,12 @@ impl DynamoListSource {
         Ok(ListValues::new(values))
     }
 
-    /// The kind of a list's values, from its first item (strongly consistent); `None`
-    /// for a list with no values.
-    pub async fn kind_of(&self, list: &str) -> Result<Option<ListKind>, ListError> {
-        let out = self
-            .client
+    /// A Query of one list's values and kinds.
+    fn list_query(
+        &self,
+        list: &str,
+    ) -> aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder {
+        self.client
             .query()
             .table_name(&self.table)
             .key_condition_expression("#l = :l")
@@ -262,6 +253,13 @@ impl DynamoListSource {
             .expression_attribute_names("#v", VALUE_KEY)
             .expression_attribute_names("#k", KIND_ATTR)
             .expression_attribute_values(":l", AttributeValue::S(list.to_owned()))
+    }
+
+    /// The kind of a list's values, from its first item (strongly consistent); `None`
+    /// for a list with no values.
+    pub async fn kind_of(&self, list: &str) -> Result<Option<ListKind>, ListError> {
+        let out = self
+            .list_query(list)
             .limit(1)
             .consistent_read(true)
             .send()
@@ -360,17 +358,9 @@ impl DynamoListSource {
         for chunk in unique.chunks(MAX_BATCH_WRITE) {
             let mut writes = Vec::with_capacity(chunk.len());
             for e in chunk {
-                let item = serde_dynamo::to_item(ListItem::from(*e)).map_err(fatal)?;
-                writes.push(
-                    WriteRequest::builder()
-                        .put_request(
-                            PutRequest::builder()
-                                .set_item(Some(item))
-                                .build()
-                                .map_err(fatal)?,
-                        )
-                        .build(),
-                );
+                writes.push(crate::dynamo::put_request(
+                    serde_dynamo::to_item(ListItem::from(*e)).map_err(fatal)?,
+                )?);
             }
             batch_write(&self.client, &self.table, writes).await?;
         }
