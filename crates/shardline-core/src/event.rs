@@ -279,6 +279,14 @@ mod kpl_message {
 }
 
 impl PoisonReason {
+    /// The reason's kind, as its JSON `kind` tag (`bad_json`, `missing_field`, ...).
+    pub fn kind(&self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "invalid".to_owned())
+    }
+
     /// The reason with every text it copied from the input redacted of card numbers and
     /// cut to a bounded length, and every input number that would read as a card number
     /// withheld. Quarantine entries, logs and metrics only ever see this form.

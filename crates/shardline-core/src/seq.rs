@@ -38,6 +38,13 @@ pub enum SeqNoError {
     TooLong(usize),
 }
 
+impl Default for SeqNo {
+    /// Zero, below every sequence number Kinesis issues.
+    fn default() -> Self {
+        Self("0".into())
+    }
+}
+
 impl SeqNo {
     /// Parses a decimal sequence number; leading zeros are accepted and dropped.
     pub fn parse(s: &str) -> Result<Self, SeqNoError> {

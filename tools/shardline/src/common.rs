@@ -131,3 +131,21 @@ pub async fn scan_all(
         }
     }
 }
+
+/// Parses `90s`, `15m`, `1h`, `2d` into milliseconds (a bare number is minutes).
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: i64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit, like 15m"))?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" | "" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
+    };
+    n.checked_mul(unit_ms)
+        .ok_or_else(|| format!("{s:?}: too long"))
+}
