@@ -7,6 +7,8 @@ pub mod bench;
 pub mod common;
 pub mod demo;
 pub mod invoke;
+pub mod labelfile;
+pub mod labels;
 pub mod lists;
 pub mod producer;
 pub mod query;

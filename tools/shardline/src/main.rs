@@ -128,6 +128,13 @@ enum Command {
     /// shadow), show what is published, the language reference.
     #[command(subcommand)]
     Rules(shardline::rules::Rules),
+    /// Label one event fraud or legit, for backtests (who and when are recorded;
+    /// labelling an event again replaces its label).
+    Label(shardline::labels::LabelArgs),
+    /// Event labels for backtests: import an NDJSON file (the generator's ground truth
+    /// too), export the table as NDJSON.
+    #[command(subcommand)]
+    Labels(shardline::labels::Labels),
     /// Measure throughput, DynamoDB requests, latency, memory, cold start and binary
     /// sizes; print one table (see BENCHMARKS.md).
     Bench {
@@ -218,6 +225,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Query(q) => query::run(q).await,
         Command::Lists(l) => shardline::lists::run(l).await,
         Command::Rules(r) => shardline::rules::run(r).await,
+        Command::Label(a) => shardline::labels::label(a).await,
+        Command::Labels(l) => shardline::labels::run(l).await,
         Command::Bench {
             seconds,
             delay_ms,
