@@ -1,5 +1,7 @@
 //! Creates a template's streams, tables and queues in the endpoint the SDK is pointed
-//! at (the local emulators), idempotently: what exists is left alone.
+//! at (the local emulators), idempotently: what exists is left alone. Every other type
+//! the template declares (the record archive's S3 bucket and Firehose delivery stream,
+//! IAM roles, log groups, alarms) is skipped: it exists only in a deployed stack.
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
@@ -92,13 +94,12 @@ pub async fn bootstrap(
         report.streams.push((name, !exists));
     }
 
-    let existing: Vec<String> = ddb
-        .list_tables()
-        .send()
-        .await
-        .map_err(sdk("list tables"))?
-        .table_names()
-        .to_vec();
+    // Every page: an account (or a busy emulator) can hold more than one page's 100.
+    let mut existing: Vec<String> = Vec::new();
+    let mut pages = ddb.list_tables().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        existing.extend_from_slice(page.map_err(sdk("list tables"))?.table_names());
+    }
     for (logical, props) in template.resources_of_type("AWS::DynamoDB::Table") {
         let name = scalar(&props["TableName"]);
         if existing.contains(&name) {
