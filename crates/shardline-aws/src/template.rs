@@ -538,6 +538,151 @@ mod tests {
         assert_eq!(s["ShardCount"], "4");
     }
 
+    /// The record archive's delivery role can do exactly what Firehose does and nothing
+    /// else, on exactly the input stream, the archive bucket and its own log stream.
+    #[test]
+    fn archive_delivery_role_is_least_privilege() {
+        use serde_json::json;
+        let t = repo_template();
+        let role = t
+            .resource("ArchiveDeliveryRole")
+            .expect("ArchiveDeliveryRole");
+        assert_eq!(role["Condition"], "HasArchive");
+        let trust = role
+            .pointer("/Properties/AssumeRolePolicyDocument/Statement")
+            .and_then(Value::as_array)
+            .unwrap();
+        assert_eq!(trust.len(), 1);
+        assert_eq!(
+            trust[0]["Principal"],
+            json!({"Service": "firehose.amazonaws.com"})
+        );
+        assert_eq!(trust[0]["Action"], "sts:AssumeRole");
+        assert_eq!(
+            trust[0]["Condition"],
+            json!({"StringEquals": {"sts:ExternalId": {"Ref": "AWS::AccountId"}}})
+        );
+
+        let raw: Vec<Value> = role
+            .pointer("/Properties/Policies")
+            .and_then(Value::as_array)
+            .unwrap()
+            .iter()
+            .flat_map(|p| {
+                p.pointer("/PolicyDocument/Statement")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        let actions_on = |resource: &Value| -> Vec<String> {
+            let mut a: Vec<String> = raw
+                .iter()
+                .filter(|s| &s["Resource"] == resource)
+                .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
+                .map(|a| scalar(&a))
+                .collect();
+            a.sort();
+            a
+        };
+        for s in &raw {
+            assert_eq!(s["Effect"], "Allow", "{s}");
+            assert!(s.get("NotAction").is_none() && s.get("NotResource").is_none());
+        }
+        assert_eq!(
+            actions_on(&json!({"Fn::GetAtt": ["InputStream", "Arn"]})),
+            [
+                "kinesis:DescribeStream",
+                "kinesis:DescribeStreamSummary",
+                "kinesis:GetRecords",
+                "kinesis:GetShardIterator",
+                "kinesis:ListShards"
+            ]
+        );
+        assert_eq!(
+            actions_on(&json!([
+                {"Fn::GetAtt": ["ArchiveBucket", "Arn"]},
+                {"Fn::Sub": "${ArchiveBucket.Arn}/*"}
+            ])),
+            [
+                "s3:AbortMultipartUpload",
+                "s3:GetBucketLocation",
+                "s3:GetObject",
+                "s3:ListBucket",
+                "s3:ListBucketMultipartUploads",
+                "s3:PutObject"
+            ]
+        );
+        // The logging statement names the delivery stream's own log group and stream.
+        let (_, group) = t
+            .resources_of_type("AWS::Logs::LogGroup")
+            .into_iter()
+            .find(|(l, _)| l == "ArchiveDeliveryLogGroup")
+            .unwrap();
+        let (_, stream) = t
+            .resources_of_type("AWS::Logs::LogStream")
+            .into_iter()
+            .find(|(l, _)| l == "ArchiveDeliveryLogStream")
+            .unwrap();
+        let logs_arn = format!(
+            "arn:aws:logs:{LOCAL_REGION}:{LOCAL_ACCOUNT}:log-group:{}:log-stream:{}",
+            scalar(&group["LogGroupName"]),
+            scalar(&stream["LogStreamName"])
+        );
+        let logs: Vec<&Value> = raw
+            .iter()
+            .filter(|s| scalar(&t.resolve(&s["Resource"])) == logs_arn)
+            .collect();
+        assert_eq!(logs.len(), 1, "one statement on {logs_arn}");
+        assert_eq!(logs[0]["Action"], json!(["logs:PutLogEvents"]));
+        assert_eq!(raw.len(), 3, "no other statement");
+    }
+
+    /// The delivery stream writes what `shardline backtest` reads: gzip NDJSON under
+    /// archive/, errors elsewhere; with ArchiveRecords=false none of it exists.
+    #[test]
+    fn archive_delivery_stream_and_its_switch() {
+        let mut t = repo_template();
+        let streams = t.resources_of_type("AWS::KinesisFirehose::DeliveryStream");
+        assert_eq!(streams.len(), 1);
+        let (_, d) = &streams[0];
+        assert_eq!(d["DeliveryStreamType"], "KinesisStreamAsSource");
+        assert_eq!(
+            scalar(&d["KinesisStreamSourceConfiguration"]["KinesisStreamARN"]),
+            t.physical()["InputStream"].arn
+        );
+        let s3 = &d["ExtendedS3DestinationConfiguration"];
+        assert_eq!(s3["CompressionFormat"], "GZIP");
+        assert!(scalar(&s3["Prefix"]).starts_with("archive/"));
+        assert!(!scalar(&s3["ErrorOutputPrefix"]).starts_with("archive/"));
+        assert_eq!(s3["ProcessingConfiguration"]["Enabled"], true);
+        assert!(
+            s3["ProcessingConfiguration"]["Processors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["Type"] == "AppendDelimiterToRecord")
+        );
+
+        t.set_param("ArchiveRecords", "false").unwrap();
+        for ty in [
+            "AWS::S3::Bucket",
+            "AWS::S3::BucketPolicy",
+            "AWS::KinesisFirehose::DeliveryStream",
+            "AWS::Logs::LogStream",
+        ] {
+            assert!(
+                t.resources_of_type(ty).is_empty(),
+                "{ty} without the archive"
+            );
+        }
+        assert!(
+            !t.resources_of_type("AWS::IAM::Role")
+                .iter()
+                .any(|(l, _)| l == "ArchiveDeliveryRole")
+        );
+    }
+
     #[test]
     fn sub_with_variables_and_attributes() {
         let t = Template::parse("Parameters: {Stage: {Type: String, Default: x}}\nResources: {Q: {Type: AWS::SQS::Queue, Properties: {QueueName: {Fn::Sub: 'q-${Stage}'}}}}").unwrap();
