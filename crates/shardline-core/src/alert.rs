@@ -19,6 +19,12 @@ pub struct Alert {
     /// The card token, when the alert is about a card (the by-card index is sparse).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub card_token: Option<String>,
+    /// The merchant, when the alert is about one event's merchant (live scorer records)
+    /// or a merchant window: what the by-merchant index reads (sparse, like by-card:
+    /// shadow records leave it out). Passed through `event::pan_safe_id`, so a merchant
+    /// id that reads as a card number is never stored in clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merchant_id: Option<String>,
     /// The event that raised it (scorer alerts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,

@@ -2,6 +2,7 @@
 //! line does: the generator, the producer, the local event source mapping, in-process
 //! invocation, the demo.
 
+pub mod alerts_query;
 pub mod baseline;
 pub mod bench;
 pub mod common;

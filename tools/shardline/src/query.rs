@@ -1,5 +1,7 @@
 //! `shardline query windows`: windowed aggregates read back from the windows table,
 //! merged across shards, tumbling or sliding (merged from 1-minute panes).
+//! `shardline query alerts`: decision records through the alerts table's indexes
+//! (crate::alerts_query).
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -42,6 +44,10 @@ pub enum Query {
         #[command(flatten)]
         template: TemplateArgs,
     },
+    /// Decision records (alerts), newest first, a page at a time, through the alerts
+    /// table's indexes: by card, by merchant, else by day; filtered by outcome, reason,
+    /// rule set and time.
+    Alerts(crate::alerts_query::AlertsArgs),
 }
 
 /// Parses `90s`, `15m`, `1h`, `2d` into milliseconds.
@@ -170,6 +176,7 @@ pub fn print_rows(rows: &[WindowRow]) {
 /// `shardline query ...`.
 pub async fn run(q: Query) -> anyhow::Result<()> {
     match q {
+        Query::Alerts(args) => crate::alerts_query::run(&args).await?,
         Query::Windows {
             key,
             width,

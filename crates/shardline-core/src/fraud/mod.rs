@@ -72,6 +72,9 @@ fn record(policy: &Policy, d: rules::Decision, txn: &Txn, event_id: &str, shadow
         subject: format!("card:{}", txn.card_token),
         // The by-card index is sparse: shadow records stay out of it.
         card_token: (!shadow).then(|| txn.card_token.clone()),
+        // Likewise the by-merchant index; a merchant id that reads as a card number
+        // never leaves the function.
+        merchant_id: (!shadow).then(|| crate::event::pan_safe_id(&txn.merchant_id).into_owned()),
         event_id: Some(event_id.to_owned()),
         score: d.score,
         reasons: d.reasons(),
@@ -311,6 +314,65 @@ mod tests {
         assert_eq!(out.alerts.len(), 1, "impossible travel");
         let json = serde_json::to_string(&out.alerts).unwrap();
         assert!(!json.contains("4111111111111111"), "{json}");
+    }
+
+    /// Live records carry the merchant (the by-merchant index's key), made safe when it
+    /// reads as a card number; shadow records leave it out, like the card token.
+    #[test]
+    fn live_records_carry_a_pan_safe_merchant_and_shadow_records_none() {
+        let rules = Policies {
+            live: Policy::of(rules::RuleSet::default_rules()),
+            shadow: Some(Policy::of(rules::RuleSet::default_rules())),
+        };
+        let metas = [
+            meta("shardId-1", 0),
+            meta("shardId-1", 1),
+            meta("shardId-1", 2),
+        ];
+        let first = txn(0, 0.0, "US");
+        let far = txn(1, 60.0, "NO");
+        let mut pan = txn(2, 0.0, "US");
+        pan.merchant_id = "4111111111111111".into();
+        let items: Vec<Item<'_, Txn>> = metas
+            .iter()
+            .zip([&first, &far, &pan])
+            .map(|(meta, body)| Item { meta, body })
+            .collect();
+        let out = apply_card(CardProfile::new("tok"), &items, &rules);
+        assert_eq!(out.alerts.len(), 2, "impossible travel both ways");
+        assert_eq!(out.shadow_alerts.len(), 2);
+        assert_eq!(out.alerts[0].merchant_id.as_deref(), Some("m1"));
+        let safe = out.alerts[1].merchant_id.as_deref().unwrap();
+        assert_eq!(safe, crate::event::pan_safe_id("4111111111111111"));
+        assert!(!safe.contains("4111111111111111"), "{safe}");
+        assert!(out.shadow_alerts.iter().all(|a| a.merchant_id.is_none()));
+        let json = serde_json::to_string(&out.shadow_alerts).unwrap();
+        assert!(!json.contains("merchant_id"), "{json}");
+    }
+
+    /// A record stored before the field existed still reads.
+    #[test]
+    fn an_alert_without_merchant_id_reads() {
+        let rules = Policies::from(rules::RuleSet::default_rules());
+        let metas = [meta("shardId-1", 0), meta("shardId-1", 1)];
+        let (a, b) = (txn(0, 0.0, "US"), txn(1, 60.0, "NO"));
+        let items: Vec<Item<'_, Txn>> = metas
+            .iter()
+            .zip([&a, &b])
+            .map(|(meta, body)| Item { meta, body })
+            .collect();
+        let alert = apply_card(CardProfile::new("tok"), &items, &rules).alerts[0].clone();
+        let mut v = serde_json::to_value(&alert).unwrap();
+        v.as_object_mut().unwrap().remove("merchant_id").unwrap();
+        let old: Alert = serde_json::from_value(v).unwrap();
+        assert_eq!(old.merchant_id, None);
+        assert_eq!(
+            Alert {
+                merchant_id: alert.merchant_id.clone(),
+                ..old
+            },
+            alert
+        );
     }
 
     #[test]

@@ -509,6 +509,12 @@ impl WindowRuleSet {
             source: SOURCE.to_owned(),
             subject: key.clone().into_owned(),
             card_token: window.key.strip_prefix("card:").map(str::to_owned),
+            // The raw id made safe on its own (not the subject's tail), so the scorer's
+            // records and the window rules' of one merchant share a by-merchant partition.
+            merchant_id: window
+                .key
+                .strip_prefix("merchant:")
+                .map(|m| crate::event::pan_safe_id(m).into_owned()),
             event_id: None,
             score: rule.score,
             reasons: vec![rule.reason.clone()],

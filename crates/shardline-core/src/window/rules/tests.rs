@@ -87,6 +87,11 @@ fn default_rules_parse_and_decline_spike_fires_once_per_window() {
     assert_eq!(a.reasons, vec!["MERCHANT_DECLINE_SPIKE"]);
     assert_eq!(a.event_time_ms, 15 * MINUTE_MS);
     assert!(a.card_token.is_none());
+    assert_eq!(
+        a.merchant_id.as_deref(),
+        Some("m-1"),
+        "the by-merchant index"
+    );
     // The explanation: outcome, the rule and what it read, the set's hash.
     assert_eq!(a.outcome, Outcome::Review);
     assert_eq!(a.ruleset_hash, rs.hash);
@@ -111,10 +116,9 @@ fn card_spend_alert_carries_the_card() {
     let w = window("card:tok_1", 60);
     let mut m = Metrics::default();
     m.add_all(&[txn(1, 0, 600_000, "m", false)], false);
-    assert_eq!(
-        rs.evaluate(rule, &w, &m).unwrap().card_token.as_deref(),
-        Some("tok_1")
-    );
+    let a = rs.evaluate(rule, &w, &m).unwrap();
+    assert_eq!(a.card_token.as_deref(), Some("tok_1"));
+    assert_eq!(a.merchant_id, None);
 }
 
 /// A merchant id that reads as a card number (10 % of numeric 15-digit ids pass Luhn)
@@ -137,6 +141,11 @@ fn a_merchant_id_that_reads_as_a_card_number_is_not_in_the_alert() {
             );
         }
         assert_ne!(a.alert_id, b.alert_id);
+        // The same safe form the scorer stores, so both share a by-merchant partition.
+        assert_eq!(
+            a.merchant_id.as_deref(),
+            Some(&*crate::event::pan_safe_id("4111111111111111"))
+        );
         assert_eq!(
             a.alert_id,
             alert("4111111111111111").alert_id,
