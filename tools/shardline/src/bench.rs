@@ -233,6 +233,65 @@ pub fn preaggregate(records: &[InRecord<Txn>]) -> usize {
     n
 }
 
+/// The backtest row's input: generated traffic as NDJSON (a day's cards coming back,
+/// re-sends and poison included), its ground truth, and the two rule sets.
+pub struct BacktestInput {
+    /// The NDJSON, and its line count.
+    pub batch: Batch,
+    labels: HashMap<String, crate::labelfile::Verdict>,
+    policies: Vec<shardline_core::fraud::rules::Policy>,
+}
+
+/// Builds [`BacktestInput`].
+pub fn backtest_input() -> BacktestInput {
+    use shardline_core::fraud::rules::{Policy, RuleSet};
+    let g = generate(&GenConfig {
+        seed: 42,
+        events: 40_000,
+        cards: 4_000,
+        merchants: 2_000,
+        end_ms: 1_795_000_000_000,
+        span_ms: 6 * 3_600_000,
+        ..GenConfig::default()
+    });
+    let mut json = Vec::new();
+    for r in &g.records {
+        json.extend_from_slice(&r.data);
+        json.push(b'\n');
+    }
+    let labels = g
+        .labels
+        .iter()
+        .filter_map(|l| l.event_id.clone())
+        .map(|e| (e, crate::labelfile::Verdict::Fraud))
+        .collect();
+    let candidate = RuleSet::from_json(include_str!("../../../rules/fraud-candidate.json"))
+        .expect("rules/fraud-candidate.json loads");
+    BacktestInput {
+        batch: Batch {
+            json,
+            records: g.records.len(),
+        },
+        labels,
+        policies: vec![Policy::of(candidate), Policy::of(RuleSet::default_rules())],
+    }
+}
+
+/// One whole backtest over [`BacktestInput`]: read, reorder, score, tally; returns the
+/// events scored.
+pub fn backtest_once(input: &BacktestInput) -> u64 {
+    let mut bt = crate::backtest::Backtest::new(
+        input.policies.clone(),
+        input.labels.clone(),
+        shardline_core::fraud::backtest::Unlabelled::Legit,
+        5 * 60_000,
+        10,
+    );
+    bt.read_ndjson(&input.batch.json[..], "bench")
+        .expect("in memory");
+    bt.finish().figures.events
+}
+
 /// Throughput rows: (what, records/s per core, MB/s).
 /// `only`: measure just the rows whose name contains it.
 pub fn throughput(budget: Duration, only: Option<&str>) -> Vec<(String, f64, f64)> {
@@ -277,6 +336,14 @@ pub fn throughput(budget: Duration, only: Option<&str>) -> Vec<(String, f64, f64
         &full,
         &mut || {
             std::hint::black_box(mem_aggregator(&rt, &full.json));
+        },
+    );
+    let bt = backtest_input();
+    row(
+        "backtest: NDJSON read + default and candidate sets",
+        &bt.batch,
+        &mut || {
+            std::hint::black_box(backtest_once(&bt));
         },
     );
     row(

@@ -140,6 +140,7 @@ pub async fn demo(cfg: DemoConfig) -> anyhow::Result<()> {
     print_scores(&g, &alerts);
     print_top_merchants(&clients.ddb, &t).await?;
     print_quarantine(&clients.sqs, &t).await?;
+    print_backtest(&clients.ddb, &t, &g, &cfg).await?;
     println!("\nwhere to look next (emulators kept with `make demo KEEP=1`):");
     println!(
         "  cargo run -q -p shardline -- query windows --param Stage={} --key global --width 5m --last 1h",
@@ -376,5 +377,82 @@ async fn print_quarantine(sqs: &aws_sdk_sqs::Client, t: &Template) -> anyhow::Re
     for (k, n) in kinds {
         println!("  {k:<24} {n:>6}");
     }
+    Ok(())
+}
+
+/// The demo's last step, a rule change tried before it goes live: the generator's
+/// ground truth goes into the labels table as an analyst's labels would, the traffic into
+/// an NDJSON file as an archive would hold it, and `rules/fraud-candidate.json` is
+/// backtested against the live rule set over both.
+async fn print_backtest(
+    ddb: &aws_sdk_dynamodb::Client,
+    t: &Template,
+    g: &Generated,
+    cfg: &DemoConfig,
+) -> anyhow::Result<()> {
+    use crate::labelfile::{LabelRecord, Verdict};
+    let dir = std::path::Path::new(".local-run");
+    std::fs::create_dir_all(dir)?;
+    let traffic = dir.join("demo-traffic.ndjson");
+    let mut text = Vec::new();
+    for r in &g.records {
+        text.extend_from_slice(&r.data);
+        text.push(b'\n');
+    }
+    std::fs::write(&traffic, text).with_context(|| format!("writing {}", traffic.display()))?;
+    let now = shardline_core::event::format_rfc3339_ms(crate::common::now_ms());
+    let truth: Vec<LabelRecord> = g
+        .labels
+        .iter()
+        .filter_map(|l| {
+            Some(LabelRecord {
+                event_id: l.event_id.clone()?,
+                label: Verdict::Fraud,
+                note: Some(format!("generator ground truth: {}", l.scenario)),
+                labelled_by: None,
+                labelled_at: None,
+            })
+        })
+        .collect();
+    let (labels, _) = crate::labels::prepare(truth, "shardline demo", &now)?;
+    let table = crate::common::table_name(t, "LabelsTable")?;
+    crate::labels::put_labels(ddb, &table, &labels).await?;
+    let root = cfg
+        .template
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let candidate = root.join("rules/fraud-candidate.json");
+    let args = crate::backtest::BacktestArgs {
+        rules: candidate.clone(),
+        baseline: "live".to_owned(),
+        events: vec![traffic.display().to_string()],
+        labels: None,
+        labels_table: true,
+        unlabelled: crate::backtest::UnlabelledArg::Legit,
+        reorder: 5 * 60_000,
+        sample: 5,
+        stored_lists: true,
+        json: false,
+        template: crate::common::TemplateArgs {
+            template: cfg.template.clone(),
+            params: vec![format!("Stage={}", cfg.stage)],
+        },
+    };
+    let report = crate::backtest::report(&args, false).await?;
+    println!(
+        "\nbacktest: {} against the live rules over this demo's traffic, with the generator's ground truth as {} labels in {table}:",
+        candidate.display(),
+        labels.len()
+    );
+    for line in crate::backtest::render(&report).lines() {
+        println!("  {line}");
+    }
+    println!(
+        "  again: cargo run -q -p shardline -- backtest --rules {} --baseline live --events {} --labels-table --param Stage={}",
+        candidate.display(),
+        traffic.display(),
+        cfg.stage
+    );
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! invocation, the demo.
 
 pub mod alerts_query;
+pub mod backtest;
 pub mod baseline;
 pub mod bench;
 pub mod common;

@@ -63,7 +63,7 @@ async fn a_second_bootstrap_finds_tables_past_the_first_list_page() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let stage = format!("many{}", tag.replace('-', ""));
     let load = || {
-        let mut t = Template::load(&root.join("template.yaml")).unwrap();
+        let mut t = Template::load(root.join("template.yaml")).unwrap();
         t.set_param("Stage", &stage).unwrap();
         t
     };
@@ -73,7 +73,10 @@ async fn a_second_bootstrap_finds_tables_past_the_first_list_page() {
         let _ = ddb.delete_table().table_name(name).send().await;
     }
     let first = first.unwrap();
-    assert!(first.tables.iter().all(|(_, created)| *created), "{first:?}");
+    assert!(
+        first.tables.iter().all(|(_, created)| *created),
+        "{first:?}"
+    );
     let second = second.expect("the second bootstrap of a stage succeeds");
     assert!(
         second.tables.iter().all(|(_, created)| !*created),

@@ -1,6 +1,7 @@
 //! Fraud scoring: per-card profiles, features, rule sets, and the per-card state machine
 //! that applies a card's records (idempotently) and yields its alerts.
 
+pub mod backtest;
 pub mod features;
 pub mod profile;
 pub mod rules;
