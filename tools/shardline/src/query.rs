@@ -50,22 +50,7 @@ pub enum Query {
     Alerts(crate::alerts_query::AlertsArgs),
 }
 
-/// Parses `90s`, `15m`, `1h`, `2d` into milliseconds.
-pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: i64 = num
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit, like 15m"))?;
-    let unit_ms = match unit {
-        "s" => 1_000,
-        "m" | "" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("{s:?}: unit must be s, m, h or d")),
-    };
-    Ok(n * unit_ms)
-}
+pub use crate::common::parse_duration_ms;
 
 /// The clocks of the input stream's shards, for finality: Kinesis says which shards are
 /// closed and their lineage, the windows table holds each shard's progress (its
