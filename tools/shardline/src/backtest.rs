@@ -22,18 +22,34 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
-use shardline_core::event::{DecodeLimits, Txn, decode_txn, format_rfc3339_ms};
+use shardline_core::event::{
+    DEFAULT_MAX_EVENT_AGE_MS, DecodeLimits, PoisonReason, Txn, decode_txn, format_rfc3339_ms,
+    pan_safe_id,
+};
 use shardline_core::fraud::backtest::{Figures, Replay, Tally, Truth, Unlabelled};
 use shardline_core::fraud::rules::{Outcome, Policy, RuleSet};
 use shardline_core::lists::Lists;
-use shardline_core::record::{RawRecordMeta, decode_record_data};
-use shardline_core::seq::SeqNo;
 
 use crate::common::TemplateArgs;
 use crate::labelfile::Verdict;
 
-/// Most events the reorder buffer holds, whatever `--reorder` says (memory bound).
-pub const MAX_BUFFERED: usize = 1_000_000;
+/// Most events the reorder buffer holds, whatever `--reorder` says (memory bound: a
+/// few hundred bytes an event).
+pub const MAX_BUFFERED: usize = 250_000;
+/// Largest Lambda event fixture read (Lambda's own payload cap is 6 MB).
+pub const MAX_LAMBDA_EVENT_BYTES: u64 = 64 << 20;
+/// Event times the reorder clock is the median of: one far-off event time (a producer's
+/// broken clock) does not move it.
+const CLOCK_SAMPLES: usize = 1_024;
+/// How many events between two computations of the clock (and how many it needs
+/// first: until then everything waits).
+const CLOCK_EVERY: u64 = 64;
+/// How long after the oldest record of an archive object Firehose writes the object:
+/// its largest buffering interval.
+const FIREHOSE_BUFFER_MS: i64 = 15 * 60_000;
+/// How long a record can wait on the stream before Firehose reads it: the template's
+/// RetentionPeriodHours.
+const STREAM_RETENTION_MS: i64 = 24 * 3_600_000;
 
 /// `shardline backtest` arguments.
 #[derive(clap::Args, Clone, Debug)]
@@ -68,7 +84,7 @@ pub struct BacktestArgs {
     #[arg(long, default_value_t = 10)]
     pub sample: usize,
     /// Load the lists the rule sets name from the lists table (default: only the
-    /// values the rule files declare).
+    /// values the rule files declare; always with `--baseline live`).
     #[arg(long)]
     pub stored_lists: bool,
     /// Print JSON instead of the table.
@@ -160,12 +176,16 @@ pub struct Backtest {
     tally: Tally,
     reorder_ms: i64,
     heap: BinaryHeap<Reverse<Pending>>,
-    newest: i64,
+    /// The last [`CLOCK_SAMPLES`] event times pushed, a ring.
+    recent_times: Vec<i64>,
+    /// The median of `recent_times`: the reorder buffer's clock.
+    clock: i64,
     last_scored: Option<i64>,
     first_scored: Option<i64>,
     order: u64,
     input: InputStats,
     progress: Option<indicatif::ProgressBar>,
+    bytes_by_line: bool,
 }
 
 impl Backtest {
@@ -186,65 +206,125 @@ impl Backtest {
             tally,
             reorder_ms: reorder_ms.max(0),
             heap: BinaryHeap::new(),
-            newest: i64::MIN,
+            recent_times: Vec::with_capacity(CLOCK_SAMPLES),
+            clock: i64::MIN,
             last_scored: None,
             first_scored: None,
             order: 0,
             input: InputStats::default(),
             progress: None,
+            bytes_by_line: true,
         }
     }
 
-    /// Shows a spinner with the count and rate on stderr (hidden when it is not a
-    /// terminal).
-    pub fn with_progress(mut self) -> Self {
-        let pb = indicatif::ProgressBar::new_spinner();
+    /// Shows a progress bar over the input's `total_bytes` on stderr, with the events
+    /// scored and the rate (hidden when stderr is not a terminal).
+    pub fn with_progress(mut self, total_bytes: u64) -> Self {
+        let pb = indicatif::ProgressBar::new(total_bytes);
         pb.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} {elapsed_precise} {human_pos} events scored ({per_sec})",
+                "{elapsed_precise} [{wide_bar}] {bytes}/{total_bytes} {msg} (eta {eta})",
             )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         self.progress = Some(pb);
         self
     }
 
-    /// One file or object's bytes (gzip or plain; NDJSON, or a Lambda Kinesis event
-    /// when `lambda_event`).
-    pub fn read_object(
-        &mut self,
-        bytes: &[u8],
-        lambda_event: bool,
-        name: &str,
-    ) -> anyhow::Result<()> {
-        self.input.objects += 1;
-        if bytes.starts_with(&[0x1f, 0x8b]) {
-            let gz = flate2::read::MultiGzDecoder::new(bytes);
-            if lambda_event {
-                let mut all = Vec::new();
-                BufReader::new(gz)
-                    .read_to_end(&mut all)
-                    .with_context(|| format!("{name}: not gzip"))?;
-                return self.read_lambda_event(&all, name);
-            }
-            return self.read_ndjson(BufReader::new(gz), name);
-        }
-        if lambda_event {
-            self.read_lambda_event(bytes, name)
-        } else {
-            self.read_ndjson(bytes, name)
+    fn advance(&self, bytes: u64) {
+        if let Some(pb) = &self.progress {
+            pb.inc(bytes);
         }
     }
 
-    /// NDJSON `txn.v1` events, one per line. No arrival time is recorded with them, so
-    /// the event-time checks against arrival are off; every other check is the
+    /// One file or object (gzip or plain; NDJSON, or a Lambda Kinesis event when
+    /// `lambda_event`), read as a stream: memory does not grow with its size.
+    pub fn read_object(
+        &mut self,
+        r: impl BufRead,
+        lambda_event: bool,
+        name: &str,
+        size: u64,
+    ) -> anyhow::Result<()> {
+        self.input.objects += 1;
+        let mut r = r;
+        let gz = r
+            .fill_buf()
+            .map(|b| b.starts_with(&[0x1f, 0x8b]))
+            .with_context(|| format!("reading {name}"))?;
+        // Plain NDJSON moves the progress bar line by line; anything else when done.
+        self.bytes_by_line = !gz && !lambda_event;
+        let res = self.read_object_inner(r, gz, lambda_event, name);
+        if !self.bytes_by_line {
+            self.advance(size);
+        }
+        self.bytes_by_line = true;
+        res
+    }
+
+    fn read_object_inner(
+        &mut self,
+        r: impl BufRead,
+        gz: bool,
+        lambda_event: bool,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let arrival = archive_arrival(name);
+        if gz {
+            let r = BufReader::with_capacity(1 << 16, flate2::bufread::MultiGzDecoder::new(r));
+            if lambda_event {
+                return self.read_lambda_event_from(r, name);
+            }
+            return self.read_ndjson_at(r, name, arrival);
+        }
+        if lambda_event {
+            self.read_lambda_event_from(r, name)
+        } else {
+            self.read_ndjson_at(r, name, arrival)
+        }
+    }
+
+    fn read_lambda_event_from(&mut self, r: impl Read, name: &str) -> anyhow::Result<()> {
+        let mut all = Vec::new();
+        r.take(MAX_LAMBDA_EVENT_BYTES + 1)
+            .read_to_end(&mut all)
+            .with_context(|| format!("reading {name}"))?;
+        if all.len() as u64 > MAX_LAMBDA_EVENT_BYTES {
+            bail!(
+                "{name}: over {} MB, not a Lambda Kinesis event (Lambda's cap is 6 MB)",
+                MAX_LAMBDA_EVENT_BYTES >> 20
+            );
+        }
+        self.read_lambda_event(&all, name)
+    }
+
+    /// NDJSON `txn.v1` events, one per line, with no arrival time: the function's
+    /// checks of event time against arrival time are off; every other check is the
     /// function's.
     pub fn read_ndjson(&mut self, r: impl BufRead, name: &str) -> anyhow::Result<()> {
+        self.read_ndjson_at(r, name, None)
+    }
+
+    /// NDJSON events that arrived within `arrival` (an archive object's hour): an event
+    /// time the function surely refused (more than its skew after the latest arrival,
+    /// more than its age limit before the earliest) is refused as it was.
+    fn read_ndjson_at(
+        &mut self,
+        r: impl BufRead,
+        name: &str,
+        arrival: Option<(i64, i64)>,
+    ) -> anyhow::Result<()> {
+        let defaults = DecodeLimits::default();
         let limits = DecodeLimits {
-            max_future_skew_ms: i64::MAX,
+            max_future_skew_ms: if arrival.is_some() {
+                defaults.max_future_skew_ms
+            } else {
+                i64::MAX
+            },
             max_event_age_ms: i64::MAX,
-            ..DecodeLimits::default()
+            ..defaults
         };
+        let (earliest, latest) = arrival.unwrap_or((i64::MIN, 0));
         let mut r = r;
         let mut line = Vec::new();
         loop {
@@ -256,12 +336,19 @@ impl Backtest {
             if n == 0 {
                 break;
             }
+            if self.bytes_by_line {
+                self.advance(n as u64);
+            }
             let text = line.trim_ascii();
             if text.is_empty() {
                 continue;
             }
             self.input.records += 1;
-            match decode_txn(text, 0, &limits) {
+            match decode_txn(text, latest, &limits) {
+                Ok(t) if earliest.saturating_sub(t.event_time_ms) > DEFAULT_MAX_EVENT_AGE_MS => {
+                    let behind_ms = earliest.saturating_sub(t.event_time_ms);
+                    self.poison(&PoisonReason::StaleEventTime { behind_ms }.kind());
+                }
                 Ok(t) => self.push(t),
                 Err(reason) => self.poison(&reason.kind()),
             }
@@ -269,41 +356,17 @@ impl Backtest {
         Ok(())
     }
 
-    /// A Lambda Kinesis event: each record decoded as the function does (KPL aggregates
-    /// split, event times checked against the record's arrival time).
+    /// A Lambda Kinesis event, decoded by the function's own decoder (KPL aggregates
+    /// split, event times checked against each record's arrival time, a bad record one
+    /// poison record); an envelope the function would fail whole is an error.
     pub fn read_lambda_event(&mut self, bytes: &[u8], name: &str) -> anyhow::Result<()> {
-        let ev: aws_lambda_events::event::kinesis::KinesisEvent = serde_json::from_slice(bytes)
-            .with_context(|| format!("{name}: not a Lambda Kinesis event"))?;
-        let limits = DecodeLimits::default();
-        let shard: Arc<str> = Arc::from(name);
-        let mut out = Vec::new();
-        for rec in ev.records {
-            let k = rec.kinesis;
-            let Some(seq) = SeqNo::parse(&k.sequence_number).ok() else {
-                self.input.records += 1;
-                self.poison("bad_sequence_number");
-                continue;
-            };
-            let arrival_ms = (k.approximate_arrival_timestamp.0.timestamp_millis()).max(0);
-            let key = k.partition_key;
-            out.clear();
-            decode_record_data(
-                RawRecordMeta {
-                    shard_id: shard.clone(),
-                    seq,
-                    partition_key: &key,
-                    arrival_ms,
-                },
-                &k.data.0,
-                &limits,
-                &mut out,
-            );
-            for r in out.drain(..) {
-                self.input.records += 1;
-                match r.body {
-                    Ok(t) => self.push(t),
-                    Err(p) => self.poison(&p.reason.kind()),
-                }
+        let records = shardline_aws::decode_event_json(bytes, &DecodeLimits::default())
+            .map_err(|e| anyhow::anyhow!("{name}: not a Lambda Kinesis event: {e}"))?;
+        for r in records {
+            self.input.records += 1;
+            match r.body {
+                Ok(t) => self.push(t),
+                Err(p) => self.poison(&p.reason.kind()),
             }
         }
         Ok(())
@@ -315,14 +378,35 @@ impl Backtest {
 
     /// One decoded event: into the reorder buffer, and out of it what is ready.
     pub fn push(&mut self, t: Txn) {
+        if self.reorder_ms == 0 {
+            // Input order, as a function on one shard sees it.
+            self.score(t);
+            return;
+        }
         self.order += 1;
-        self.newest = self.newest.max(t.event_time_ms);
+        let time = t.event_time_ms;
+        if self.recent_times.len() < CLOCK_SAMPLES {
+            self.recent_times.push(time);
+        } else {
+            let slot = (self.order % CLOCK_SAMPLES as u64) as usize;
+            self.recent_times[slot] = time;
+        }
+        // The clock is the median of recent event times, not the newest: one event
+        // far in the future would otherwise release everything at once, in input
+        // order, for the rest of the run.
+        let n = self.recent_times.len();
+        if n >= CLOCK_EVERY as usize && (n < CLOCK_SAMPLES || self.order % CLOCK_EVERY == 0) {
+            let mut sorted = self.recent_times.clone();
+            let mid = sorted.len() / 2;
+            let (_, median, _) = sorted.select_nth_unstable(mid);
+            self.clock = self.clock.max(*median);
+        }
         self.heap.push(Reverse(Pending {
-            time: t.event_time_ms,
+            time,
             order: self.order,
             txn: TxnOrd(t),
         }));
-        let horizon = self.newest.saturating_sub(self.reorder_ms);
+        let horizon = self.clock.saturating_sub(self.reorder_ms);
         while let Some(Reverse(top)) = self.heap.peek() {
             if top.time > horizon && self.heap.len() <= MAX_BUFFERED {
                 break;
@@ -341,10 +425,13 @@ impl Backtest {
         match self.replay.step(&t, &policies) {
             None => self.input.duplicates += 1,
             Some(decisions) => {
-                let truth = match self.labels.get(&t.event_id) {
+                // Labels name events as alerts show them: an id that reads as a card
+                // number only in its PAN-safe form.
+                let id = pan_safe_id(&t.event_id);
+                let truth = match self.labels.get(&*id) {
                     Some(v) => {
-                        if !self.matched.contains(&t.event_id) {
-                            self.matched.insert(t.event_id.clone());
+                        if !self.matched.contains(&*id) {
+                            self.matched.insert(id.into_owned());
                         }
                         match v {
                             Verdict::Fraud => Truth::Fraud,
@@ -354,16 +441,25 @@ impl Backtest {
                     None => Truth::Unlabelled,
                 };
                 self.tally.add(&t, &decisions, truth);
-                self.first_scored.get_or_insert(t.event_time_ms);
+                self.first_scored = Some(
+                    self.first_scored
+                        .map_or(t.event_time_ms, |f| f.min(t.event_time_ms)),
+                );
                 self.last_scored = Some(
                     self.last_scored
                         .map_or(t.event_time_ms, |l| l.max(t.event_time_ms)),
                 );
-                if let Some(pb) = &self.progress {
-                    pb.inc(1);
+                if let Some(pb) = &self.progress
+                    && self.tally_events() % 4_096 == 0
+                {
+                    pb.set_message(format!("{} events scored", self.tally_events()));
                 }
             }
         }
+    }
+
+    fn tally_events(&self) -> u64 {
+        self.tally.events()
     }
 
     /// Scores what the buffer holds and returns the report.
@@ -450,13 +546,25 @@ impl Object {
     }
 }
 
-/// Whether a file in a folder is an input (not a golden file, not hidden).
+/// Extensions of files in a folder that are not traffic (notes, scripts, configuration).
+const NOT_TRAFFIC: &[&str] = &[
+    "md", "txt", "py", "sh", "rs", "toml", "yaml", "yml", "csv", "html",
+];
+
+/// Whether a file in a folder (or an object under a prefix) is an input: not hidden,
+/// not a golden file, not a note or a script.
 fn is_input_file(p: &Path) -> bool {
     let name = p
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    !name.starts_with('.') && !name.ends_with(".expected.json")
+    let ext = p
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    !name.starts_with('.')
+        && !name.ends_with(".expected.json")
+        && !NOT_TRAFFIC.contains(&ext.as_str())
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
@@ -475,12 +583,40 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The objects of the inputs, in order: each argument in turn; a folder's files and an
-/// S3 prefix's objects in key order (a Firehose archive's keys sort by delivery time).
+/// The window in which an archive object's records arrived on the stream, from the
+/// `YYYY/MM/DD/HH/` folders Firehose writes it under (the hour of its oldest record's
+/// delivery): no later than the end of that hour plus Firehose's largest buffering
+/// interval, no earlier than the stream's retention before the hour.
+pub fn archive_arrival(name: &str) -> Option<(i64, i64)> {
+    let parts: Vec<&str> = name.split('/').collect();
+    let digits = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_digit());
+    parts.windows(5).rev().find_map(|w| {
+        if !(digits(w[0], 4) && digits(w[1], 2) && digits(w[2], 2) && digits(w[3], 2)) {
+            return None;
+        }
+        let month = time::Month::try_from(w[1].parse::<u8>().ok()?).ok()?;
+        let date =
+            time::Date::from_calendar_date(w[0].parse().ok()?, month, w[2].parse().ok()?).ok()?;
+        let hour = date
+            .with_hms(w[3].parse().ok()?, 0, 0)
+            .ok()?
+            .assume_utc()
+            .unix_timestamp()
+            * 1000;
+        Some((
+            hour - STREAM_RETENTION_MS,
+            hour + 3_600_000 + FIREHOSE_BUFFER_MS,
+        ))
+    })
+}
+
+/// The objects of the inputs, in order, with their sizes: each argument in turn; a
+/// folder's files and an S3 prefix's objects in key order (a Firehose archive's keys
+/// sort by delivery time).
 pub async fn list_objects(
     inputs: &[String],
     s3: impl Fn() -> aws_sdk_s3::Client,
-) -> anyhow::Result<Vec<Object>> {
+) -> anyhow::Result<Vec<(Object, u64)>> {
     let mut out = Vec::new();
     for input in inputs {
         if let Some(rest) = input.strip_prefix("s3://") {
@@ -503,7 +639,8 @@ pub async fn list_objects(
                         && !k.ends_with('/')
                         && is_input_file(Path::new(k))
                     {
-                        keys.push(k.to_owned());
+                        let size = o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0);
+                        keys.push((k.to_owned(), size));
                     }
                 }
             }
@@ -511,69 +648,89 @@ pub async fn list_objects(
                 bail!("{input}: no objects under this prefix");
             }
             keys.sort();
-            out.extend(keys.into_iter().map(|key| Object::S3 {
-                bucket: bucket.to_owned(),
-                key,
+            out.extend(keys.into_iter().map(|(key, size)| {
+                (
+                    Object::S3 {
+                        bucket: bucket.to_owned(),
+                        key,
+                    },
+                    size,
+                )
             }));
         } else {
             let p = PathBuf::from(input);
-            if p.is_dir() {
+            let files = if p.is_dir() {
                 let mut files = Vec::new();
                 walk(&p, &mut files)?;
                 if files.is_empty() {
                     bail!("{input}: no files in this folder");
                 }
-                out.extend(files.into_iter().map(Object::File));
+                files
             } else if p.is_file() {
-                out.push(Object::File(p));
+                vec![p]
             } else {
                 bail!("{input}: no such file or folder");
+            };
+            for f in files {
+                let size = std::fs::metadata(&f).map(|m| m.len()).unwrap_or(0);
+                out.push((Object::File(f), size));
             }
         }
     }
     Ok(out)
 }
 
-/// Reads every object into the backtest, in order.
+/// A temporary file, removed when dropped.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Reads every object into the backtest, in order. An S3 object is streamed to a
+/// temporary file first, so memory does not grow with its size.
 pub async fn read_objects(
     bt: &mut Backtest,
-    objects: &[Object],
+    objects: &[(Object, u64)],
     s3: impl Fn() -> aws_sdk_s3::Client,
 ) -> anyhow::Result<()> {
-    for o in objects {
+    for (i, (o, size)) in objects.iter().enumerate() {
         let name = o.name();
-        match o {
-            Object::File(p) => {
-                let lambda = o.is_lambda_event();
-                let f = std::fs::File::open(p).with_context(|| format!("opening {name}"))?;
-                let mut r = BufReader::with_capacity(1 << 16, f);
-                let gz = r.fill_buf().map(|b| b.starts_with(&[0x1f, 0x8b]))?;
-                if lambda || gz {
-                    let mut bytes = Vec::new();
-                    r.read_to_end(&mut bytes)?;
-                    bt.read_object(&bytes, lambda, &name)?;
-                } else {
-                    bt.input.objects += 1;
-                    bt.read_ndjson(r, &name)?;
-                }
-            }
+        let lambda = o.is_lambda_event();
+        let (path, _guard) = match o {
+            Object::File(p) => (p.clone(), None),
             Object::S3 { bucket, key } => {
-                let got = s3()
+                let mut got = s3()
                     .get_object()
                     .bucket(bucket)
                     .key(key)
                     .send()
                     .await
                     .with_context(|| format!("reading {name}"))?;
-                let bytes = got
+                let tmp = std::env::temp_dir()
+                    .join(format!("shardline-backtest-{}-{i}", std::process::id()));
+                let guard = TempFile(tmp.clone());
+                let mut f = std::io::BufWriter::new(
+                    std::fs::File::create(&tmp)
+                        .with_context(|| format!("creating {}", tmp.display()))?,
+                );
+                while let Some(chunk) = got
                     .body
-                    .collect()
+                    .try_next()
                     .await
                     .with_context(|| format!("reading {name}"))?
-                    .into_bytes();
-                bt.read_object(&bytes, o.is_lambda_event(), &name)?;
+                {
+                    f.write_all(&chunk)
+                        .with_context(|| format!("writing {}", tmp.display()))?;
+                }
+                f.flush()?;
+                (tmp, Some(guard))
             }
-        }
+        };
+        let f = std::fs::File::open(&path).with_context(|| format!("opening {name}"))?;
+        bt.read_object(BufReader::with_capacity(1 << 16, f), lambda, &name, *size)?;
     }
     Ok(())
 }
@@ -593,6 +750,15 @@ fn load_rules_file(path: &Path) -> anyhow::Result<RuleSet> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     RuleSet::from_json(&text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.explain()))
+}
+
+/// A table's name: from `env` when set (a deployed stack's output, as the `rules`,
+/// `lists` and `labels` commands take it), else the template's.
+fn table_of(args: &BacktestArgs, env: &str, logical: &str) -> anyhow::Result<String> {
+    match std::env::var(env) {
+        Ok(name) if !name.is_empty() => Ok(name),
+        _ => crate::common::table_name(&args.template.load()?, logical),
+    }
 }
 
 /// `shardline backtest`: the report, as a table or JSON, on `out`; the time it took on
@@ -633,8 +799,7 @@ pub async fn report(args: &BacktestArgs, progress: bool) -> anyhow::Result<Repor
         "none" => None,
         "default" => Some(RuleSet::default_rules()),
         "live" => {
-            let t = args.template.load()?;
-            let table = crate::common::table_name(&t, "ConfigTable")?;
+            let table = table_of(args, "CONFIG_TABLE", "ConfigTable")?;
             let client = ddb().context("no AWS configuration")?;
             let src = shardline_aws::dynamo::DynamoRuleSource::new(client, &table);
             use shardline_core::ports::RuleSource as _;
@@ -649,9 +814,9 @@ pub async fn report(args: &BacktestArgs, progress: bool) -> anyhow::Result<Repor
     };
     let mut sets = vec![candidate];
     sets.extend(baseline);
-    let stored = if args.stored_lists {
-        let t = args.template.load()?;
-        let table = crate::common::table_name(&t, "ListsTable")?;
+    // The live set is compared as it runs: with the lists stored beside it.
+    let stored = if args.stored_lists || args.baseline == "live" {
+        let table = table_of(args, "LISTS_TABLE", "ListsTable")?;
         let client = ddb().context("no AWS configuration")?;
         let mut wanted: Vec<_> = sets.iter().flat_map(RuleSet::list_kinds).collect();
         wanted.sort();
@@ -676,8 +841,7 @@ pub async fn report(args: &BacktestArgs, progress: bool) -> anyhow::Result<Repor
             &path.display().to_string(),
         )?)
     } else if args.labels_table {
-        let t = args.template.load()?;
-        let table = crate::common::table_name(&t, "LabelsTable")?;
+        let table = table_of(args, "LABELS_TABLE", "LabelsTable")?;
         let client = ddb().context("no AWS configuration")?;
         crate::labelfile::by_event(crate::labels::load_table(&client, &table).await?)
     } else {
@@ -699,7 +863,7 @@ pub async fn report(args: &BacktestArgs, progress: bool) -> anyhow::Result<Repor
     let objects = list_objects(&args.events, s3).await?;
     let mut bt = Backtest::new(policies, labels, unlabelled, args.reorder, args.sample);
     if progress {
-        bt = bt.with_progress();
+        bt = bt.with_progress(objects.iter().map(|(_, size)| size).sum());
     }
     read_objects(&mut bt, &objects, s3).await?;
     Ok(bt.finish())
@@ -1059,5 +1223,190 @@ mod tests {
         assert_eq!(r.input.records, 2);
         assert_eq!(r.input.poison.values().sum::<u64>(), 2);
         assert_eq!(r.input.poison.get("too_large"), Some(&1));
+    }
+
+    fn line(id: &str, card: &str, time: &str, amount: i64) -> String {
+        format!(
+            r#"{{"schema":"txn.v1","event_id":"{id}","card_token":"{card}","merchant_id":"m-1","mcc":"5411","amount_minor":{amount},"currency":"EUR","event_time":"{time}","location":{{"lat":48.85,"lon":2.35,"country":"FR"}},"channel":"pos","auth_result":"approved"}}"#
+        )
+    }
+
+    fn big_second() -> Policy {
+        Policy::of(
+            RuleSet::from_json(
+                r#"{"version":"t","rules":[{"id":"big_second","when":"count_1h >= 2 and amount_minor >= 50000","action":"block","reason":"BIG_SECOND"}]}"#,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn run(text: &str, name: &str, reorder_ms: i64, labels: HashMap<String, Verdict>) -> Report {
+        let mut bt = Backtest::new(
+            vec![big_second()],
+            labels,
+            Unlabelled::Legit,
+            reorder_ms,
+            10,
+        );
+        bt.read_object(text.as_bytes(), false, name, text.len() as u64)
+            .unwrap();
+        bt.finish()
+    }
+
+    /// Event order decides: the big purchase is the card's second by event time but
+    /// first in the file. Put in order it is blocked; in input order it is not.
+    #[test]
+    fn events_are_scored_in_event_order() {
+        let text = [
+            line("big", "c", "2026-11-20T10:01:00Z", 60_000),
+            line("small", "c", "2026-11-20T10:00:00Z", 100),
+        ]
+        .join("\n");
+        let ordered = run(&text, "t.ndjson", 5 * 60_000, HashMap::new());
+        assert_eq!(ordered.figures.sets[0].outcomes[&Outcome::Block], 1);
+        assert_eq!(ordered.input.out_of_order, 0);
+        assert_eq!(
+            ordered.input.from.as_deref(),
+            Some("2026-11-20T10:00:00.000Z")
+        );
+        let as_read = run(&text, "t.ndjson", 0, HashMap::new());
+        assert_eq!(as_read.figures.sets[0].outcomes[&Outcome::Block], 0);
+        assert_eq!(as_read.input.out_of_order, 1);
+        assert_eq!(
+            as_read.input.from.as_deref(),
+            Some("2026-11-20T10:00:00.000Z"),
+            "the earliest event, not the first scored"
+        );
+    }
+
+    /// One event far in the future (a producer's broken clock) early in the input
+    /// does not release the rest unordered.
+    #[test]
+    fn a_far_future_event_does_not_stop_the_reordering() {
+        let mut lines = vec![line("future", "z", "9999-12-31T00:00:00Z", 1)];
+        for i in 0..50 {
+            // Pairs swapped: each card's big purchase first in the file.
+            lines.push(line(
+                &format!("big{i}"),
+                &format!("c{i}"),
+                "2026-11-20T10:01:00Z",
+                60_000,
+            ));
+            lines.push(line(
+                &format!("small{i}"),
+                &format!("c{i}"),
+                "2026-11-20T10:00:00Z",
+                100,
+            ));
+        }
+        let r = run(&lines.join("\n"), "t.ndjson", 5 * 60_000, HashMap::new());
+        assert_eq!(r.figures.sets[0].outcomes[&Outcome::Block], 50);
+        assert_eq!(r.input.out_of_order, 0);
+    }
+
+    /// An archive object's hour folder bounds its records' arrival: an event time the
+    /// function surely refused (more than 5 minutes after the hour, plus Firehose's
+    /// buffering, or 30 days before it) is refused; others are scored.
+    #[test]
+    fn an_archive_hour_bounds_event_times_as_the_function_did() {
+        assert_eq!(
+            archive_arrival(
+                "s3://b/archive/2026/11/20/10/shardline-dev-archive-1-2026-11-20-10-04-59-x.gz"
+            ),
+            Some((
+                1_795_168_800_000 - STREAM_RETENTION_MS,
+                1_795_168_800_000 + 3_600_000 + FIREHOSE_BUFFER_MS
+            ))
+        );
+        assert_eq!(archive_arrival("traffic/today.ndjson"), None);
+        assert_eq!(archive_arrival("a/2026/13/20/10/x"), None, "no month 13");
+        let text = [
+            line("ok", "c", "2026-11-20T10:30:00Z", 100),
+            line("edge", "c", "2026-11-20T11:19:00Z", 100),
+            line("future", "c", "2026-11-20T11:30:00Z", 100),
+            line("stale", "c", "2026-10-01T00:00:00Z", 100),
+        ]
+        .join("\n");
+        let r = run(&text, "archive/2026/11/20/10/obj-1", 0, HashMap::new());
+        assert_eq!(r.figures.events, 2);
+        assert_eq!(r.input.poison.get("future_event_time"), Some(&1));
+        assert_eq!(r.input.poison.get("stale_event_time"), Some(&1));
+        // Outside an hour folder nothing says when they arrived: all scored.
+        assert_eq!(
+            run(&text, "traffic.ndjson", 0, HashMap::new())
+                .figures
+                .events,
+            4
+        );
+    }
+
+    /// Labels name an event whose id reads as a card number by its PAN-safe form, as
+    /// its alert shows it.
+    #[test]
+    fn a_card_number_event_id_is_labelled_by_its_pan_safe_form() {
+        let id = "4111111111111111";
+        let safe = pan_safe_id(id).into_owned();
+        assert_ne!(safe, id);
+        let text = line(id, "c", "2026-11-20T10:00:00Z", 100);
+        let r = run(
+            &text,
+            "t.ndjson",
+            0,
+            HashMap::from([(safe, Verdict::Fraud)]),
+        );
+        assert_eq!(r.figures.labels.get(&Truth::Fraud), Some(&1));
+        assert_eq!(r.labels_unmatched, 0);
+    }
+
+    /// A fixture's fractional arrival time reads as the function reads it (Lambda
+    /// sends seconds with a fraction): an event 299.9 s after an arrival of x.5 s is
+    /// within the 5-minute skew, as the function decides.
+    #[test]
+    fn a_fixture_is_decoded_by_the_functions_decoder() {
+        use base64::Engine as _;
+        let arrival = 1_764_140_400.5_f64;
+        let event = format_rfc3339_ms(1_764_140_400_500 + 299_900);
+        let data = base64::engine::general_purpose::STANDARD.encode(line("e", "c", &event, 100));
+        let rec = |data: &str| {
+            serde_json::json!({"kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": "c",
+                "sequenceNumber": "49590338271490256608559692538361571095921575989136588898",
+                "data": data, "approximateArrivalTimestamp": arrival},
+                "eventSource": "aws:kinesis", "eventID": "shardId-000000000000:4959",
+                "eventSourceARN": "arn:aws:kinesis:us-east-1:1:stream/s"})
+        };
+        let json =
+            serde_json::to_vec(&serde_json::json!({"Records": [rec(&data), rec("!!")]})).unwrap();
+        let mut bt = Backtest::new(vec![big_second()], HashMap::new(), Unlabelled::Legit, 0, 0);
+        bt.read_object(&json[..], true, "f.json", json.len() as u64)
+            .unwrap();
+        let r = bt.finish();
+        assert_eq!(r.figures.events, 1, "{:?}", r.input.poison);
+        assert_eq!(
+            r.input.poison.values().sum::<u64>(),
+            1,
+            "bad base64 is one poison record"
+        );
+    }
+
+    /// A gzip fixture that expands past any Lambda event is refused, not read into
+    /// memory whole.
+    #[test]
+    fn a_gzip_bomb_fixture_is_refused() {
+        use std::io::Write as _;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let zeros = vec![b' '; 1 << 20];
+        for _ in 0..=(MAX_LAMBDA_EVENT_BYTES >> 20) {
+            gz.write_all(&zeros).unwrap();
+        }
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 1 << 20);
+        let mut bt = Backtest::new(vec![big_second()], HashMap::new(), Unlabelled::Legit, 0, 0);
+        let e = bt
+            .read_object(&bomb[..], true, "bomb.json.gz", bomb.len() as u64)
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("not a Lambda Kinesis event"),
+            "{e:#}"
+        );
     }
 }

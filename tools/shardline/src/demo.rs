@@ -150,6 +150,10 @@ pub async fn demo(cfg: DemoConfig) -> anyhow::Result<()> {
         "  cargo run -q -p shardline -- query windows --param Stage={} --key merchant:<id> --width 15m --sliding",
         cfg.stage
     );
+    println!(
+        "  cargo run -q -p shardline -- query alerts --param Stage={} --outcome block --limit 10",
+        cfg.stage
+    );
     println!("\ndemo finished in {:.1}s", total.elapsed().as_secs_f64());
     Ok(())
 }

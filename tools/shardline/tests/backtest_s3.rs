@@ -126,3 +126,104 @@ async fn the_firehose_archive_on_s3_reads_in_key_order() {
         String::from_utf8_lossy(&missing.stderr)
     );
 }
+
+fn shardline(args: &[&str]) -> std::process::Output {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new(env!("CARGO_BIN_EXE_shardline"))
+        .current_dir(&root)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "shardline {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `--baseline live --labels-table` against a bootstrapped stage: the baseline is the
+/// rule set published in the config table, with the list it names read from the lists
+/// table, and the labels come from the labels table.
+#[tokio::test]
+async fn the_live_rules_their_lists_and_the_labels_table() {
+    let sdk = emulators().await;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let stage = format!(
+        "bt{}{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 1_000_000
+    );
+    let mut t = shardline_aws::template::Template::load(root.join("template.yaml")).unwrap();
+    t.set_param("Stage", &stage).unwrap();
+    shardline_aws::bootstrap::bootstrap(&sdk, &mut t)
+        .await
+        .unwrap();
+    let param = format!("Stage={stage}");
+
+    let dir = std::env::temp_dir().join(format!("backtest-live-{stage}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let live = dir.join("live.json");
+    std::fs::write(
+        &live,
+        r#"{"version":"live-7","lists":{"watched_cards":"card"},"rules":[
+            {"id":"watched","when":"card in @watched_cards","action":"block","reason":"WATCHED"}]}"#,
+    )
+    .unwrap();
+    shardline(&[
+        "rules",
+        "publish",
+        live.to_str().unwrap(),
+        "--param",
+        &param,
+    ]);
+    shardline(&[
+        "lists",
+        "add",
+        "watched_cards",
+        "tok-b",
+        "--kind",
+        "card",
+        "--param",
+        &param,
+    ]);
+    shardline(&[
+        "labels",
+        "import",
+        fixture("labels.ndjson").to_str().unwrap(),
+        "--param",
+        &param,
+    ]);
+
+    let out = shardline(&[
+        "backtest",
+        "--rules",
+        fixture("candidate.json").to_str().unwrap(),
+        "--baseline",
+        "live",
+        "--labels-table",
+        "--json",
+        "--events",
+        fixture("events.ndjson").to_str().unwrap(),
+        "--param",
+        &param,
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let b = &r["sets"][1];
+    assert_eq!(b["version"], "live-7");
+    // tok-b's two events (b1 fraud, b2 legit) blocked through the stored list.
+    assert_eq!(
+        b["outcomes"],
+        serde_json::json!({"allow": 5, "review": 0, "block": 2})
+    );
+    assert_eq!(b["confusion"]["true_positives"], 1);
+    assert_eq!(b["confusion"]["false_positives"], 1);
+    assert_eq!(r["labels"]["fraud"], 3);
+    assert_eq!(r["labels"]["legit"], 3);
+    assert_eq!(r["labels_loaded"], 7);
+}

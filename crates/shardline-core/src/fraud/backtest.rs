@@ -357,6 +357,11 @@ impl Tally {
         }
     }
 
+    /// Events counted so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
     /// The figures so far.
     pub fn figures(&self) -> Figures {
         let fraud_total = *self.truths.get(&Truth::Fraud).unwrap_or(&0);
