@@ -543,7 +543,8 @@ mod tests {
     #[test]
     fn archive_delivery_role_is_least_privilege() {
         use serde_json::json;
-        let t = repo_template();
+        let mut t = repo_template();
+        t.set_param("ArchiveRecords", "true").unwrap();
         let role = t
             .resource("ArchiveDeliveryRole")
             .expect("ArchiveDeliveryRole");
@@ -639,10 +640,17 @@ mod tests {
     }
 
     /// The delivery stream writes what `shardline backtest` reads: gzip NDJSON under
-    /// archive/, errors elsewhere; with ArchiveRecords=false none of it exists.
+    /// archive/, errors elsewhere; with ArchiveRecords=false (the default) none of it
+    /// exists.
     #[test]
     fn archive_delivery_stream_and_its_switch() {
         let mut t = repo_template();
+        assert!(
+            t.resources_of_type("AWS::KinesisFirehose::DeliveryStream")
+                .is_empty(),
+            "the archive is opt-in"
+        );
+        t.set_param("ArchiveRecords", "true").unwrap();
         let streams = t.resources_of_type("AWS::KinesisFirehose::DeliveryStream");
         assert_eq!(streams.len(), 1);
         let (_, d) = &streams[0];
