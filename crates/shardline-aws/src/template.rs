@@ -691,6 +691,65 @@ mod tests {
         );
     }
 
+    /// Labels are hard to recreate: the table outlives the stack and a replacement.
+    #[test]
+    fn labels_table_is_retained() {
+        let t = repo_template();
+        let table = t.resource("LabelsTable").expect("LabelsTable");
+        assert_eq!(table["DeletionPolicy"], "Retain");
+        assert_eq!(table["UpdateReplacePolicy"], "Retain");
+    }
+
+    /// The policy for the people who label can do what `shardline label`, `labels
+    /// import`/`export`, `query alerts` and `backtest --baseline live --stored-lists
+    /// --labels-table` do, on exactly those tables, and nothing else.
+    #[test]
+    fn labeller_policy_is_least_privilege() {
+        use serde_json::json;
+        let t = repo_template();
+        let policy = t.resource("LabellerPolicy").expect("LabellerPolicy");
+        assert_eq!(policy["Type"], "AWS::IAM::ManagedPolicy");
+        let statements = policy
+            .pointer("/Properties/PolicyDocument/Statement")
+            .and_then(Value::as_array)
+            .unwrap();
+        let mut granted: Vec<(String, String)> = Vec::new();
+        for s in statements {
+            assert_eq!(s["Effect"], "Allow", "{s}");
+            assert!(s.get("NotAction").is_none() && s.get("NotResource").is_none());
+            assert!(s.get("Condition").is_none(), "{s}");
+            let list = |v: &Value| match v {
+                Value::Array(a) => a.clone(),
+                other => vec![other.clone()],
+            };
+            for a in list(&s["Action"]) {
+                for r in list(&s["Resource"]) {
+                    granted.push((scalar(&a), scalar(&t.resolve(&r))));
+                }
+            }
+        }
+        granted.sort();
+        let arn = |l: &str| t.physical()[l].arn.clone();
+        let mut expected: Vec<(String, String)> = [
+            ("dynamodb:BatchWriteItem", arn("LabelsTable")),
+            ("dynamodb:GetItem", arn("LabelsTable")),
+            ("dynamodb:PutItem", arn("LabelsTable")),
+            ("dynamodb:Scan", arn("LabelsTable")),
+            ("dynamodb:Query", format!("{}/index/*", arn("AlertsTable"))),
+            ("dynamodb:GetItem", arn("ConfigTable")),
+            ("dynamodb:Query", arn("ListsTable")),
+        ]
+        .into_iter()
+        .map(|(a, r)| (a.to_owned(), r))
+        .collect();
+        expected.sort();
+        // The alerts table only through its indexes: `query alerts` never reads the
+        // table itself.
+        assert_eq!(granted, expected);
+        let out = t.raw().pointer("/Outputs/LabellerPolicyArn").unwrap();
+        assert_eq!(out["Value"], json!({"Ref": "LabellerPolicy"}));
+    }
+
     #[test]
     fn sub_with_variables_and_attributes() {
         let t = Template::parse("Parameters: {Stage: {Type: String, Default: x}}\nResources: {Q: {Type: AWS::SQS::Queue, Properties: {QueueName: {Fn::Sub: 'q-${Stage}'}}}}").unwrap();

@@ -27,6 +27,8 @@ pub const DAY_MS: i64 = 86_400_000;
 pub const DEFAULT_DAYS_BACK: i64 = 7;
 /// Most day partitions one by-day walk may visit (one Query or more each).
 pub const MAX_DAYS: i64 = 366;
+/// The earliest time a query names: 0000-01-01T00:00:00Z, the earliest RFC 3339 time.
+pub const EARLIEST_MS: i64 = -62_167_219_200_000;
 /// Rows a page prints unless `--limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 50;
 /// Largest `--limit`.
@@ -121,7 +123,44 @@ impl Cursor {
         let bad =
             || format!("--after {s:?} is not a cursor this command printed (copy the whole token)");
         let bytes = URL_SAFE_NO_PAD.decode(s.trim()).with_context(bad)?;
-        serde_json::from_slice(&bytes).with_context(bad)
+        let c: Self = serde_json::from_slice(&bytes).with_context(bad)?;
+        c.check().map_err(|why| {
+            anyhow::anyhow!(
+                "--after: the cursor has been altered ({why}): pass the whole token a page printed, unchanged"
+            )
+        })?;
+        Ok(c)
+    }
+
+    /// What every cursor [`query_alerts`] prints satisfies: a known index, a partition
+    /// and a row, a by-day range with its start, a range no earlier than
+    /// [`EARLIEST_MS`] and not empty, the row's time within it.
+    fn check(&self) -> Result<(), String> {
+        if !["by-card", "by-merchant", "by-day"].contains(&self.i.as_str()) {
+            return Err(format!("no index {:?}", self.i));
+        }
+        if self.p.is_empty() || self.a.is_empty() {
+            return Err("no partition or row".into());
+        }
+        if self.i == "by-day" && self.lo.is_none() {
+            return Err("a by-day range without its start".into());
+        }
+        if [self.lo, self.hi]
+            .into_iter()
+            .flatten()
+            .any(|x| x < EARLIEST_MS)
+        {
+            return Err("a range before 0000-01-01".into());
+        }
+        if let (Some(lo), Some(hi)) = (self.lo, self.hi)
+            && lo >= hi
+        {
+            return Err("an empty range".into());
+        }
+        if self.lo.is_some_and(|lo| self.t < lo) || self.hi.is_some_and(|hi| self.t >= hi) {
+            return Err("a row outside its range".into());
+        }
+        Ok(())
     }
 
     /// The `ExclusiveStartKey` in an index whose hash key is `hash_attr`.
@@ -258,15 +297,33 @@ fn plan(
     {
         bail!("--last must be longer than zero");
     }
-    // The range: given, relative to --until (or now), or pinned by the cursor.
-    let (mut lo, mut hi) = (
-        f.since_ms
-            .or(f.last_ms.map(|l| f.until_ms.unwrap_or(now_ms) - l)),
-        f.until_ms,
-    );
+    for (flag, t) in [("--since", f.since_ms), ("--until", f.until_ms)] {
+        if t.is_some_and(|t| t < EARLIEST_MS) {
+            bail!("{flag} is before 0000-01-01, the earliest time there is");
+        }
+    }
+    // The range: given, relative to --until (or now), or pinned by the cursor. A start
+    // before the earliest time is the earliest time (so it always has an RFC 3339 form).
+    let last_start = match f.last_ms {
+        None => None,
+        Some(l) => Some(
+            f.until_ms
+                .unwrap_or(now_ms)
+                .checked_sub(l)
+                .with_context(|| {
+                    format!("--last {l}ms reaches past the earliest time there is: shorten it")
+                })?
+                .max(EARLIEST_MS),
+        ),
+    };
+    let (mut lo, mut hi) = (f.since_ms.or(last_start), f.until_ms);
     let by_day = card.is_none() && merchant.is_none() || f.shadow;
     if by_day && lo.is_none() {
-        lo = Some(hi.unwrap_or(now_ms) - DEFAULT_DAYS_BACK * DAY_MS);
+        lo = Some(
+            hi.unwrap_or(now_ms)
+                .saturating_sub(DEFAULT_DAYS_BACK * DAY_MS)
+                .max(EARLIEST_MS),
+        );
     }
     let another_query = |c: &Cursor| {
         anyhow::anyhow!(
@@ -329,7 +386,9 @@ fn plan(
         None => {
             // A window alert's time is its window's end, which may lie a little past
             // now: an open range starts a day later.
-            let newest = hi.map_or(now_ms + DAY_MS, |h| h - 1).div_euclid(DAY_MS);
+            let newest = hi
+                .map_or(now_ms.saturating_add(DAY_MS), |h| h.saturating_sub(1))
+                .div_euclid(DAY_MS);
             let oldest = lo.unwrap_or(0).div_euclid(DAY_MS);
             if newest - oldest + 1 > MAX_DAYS {
                 bail!(
@@ -430,7 +489,10 @@ pub async fn query_alerts(
                 (Some(lo), Some(hi)) => {
                     key.push_str(" AND #t BETWEEN :lo AND :hi");
                     values.insert(":lo".into(), AttributeValue::N(lo.to_string()));
-                    values.insert(":hi".into(), AttributeValue::N((hi - 1).to_string()));
+                    values.insert(
+                        ":hi".into(),
+                        AttributeValue::N(hi.saturating_sub(1).to_string()),
+                    );
                 }
                 (Some(lo), None) => {
                     key.push_str(" AND #t >= :lo");
@@ -549,7 +611,13 @@ pub fn parse_time_ms(s: &str) -> Result<i64, String> {
     };
     let b = s.as_bytes();
     let num = |from: usize, len: usize| -> Result<i64, String> {
-        let part = s.get(from..from + len).ok_or_else(|| bad("too short"))?;
+        let part = s.get(from..from + len).ok_or_else(|| {
+            bad(if s.len() < from + len {
+                "too short"
+            } else {
+                "not a date and time"
+            })
+        })?;
         if !part.bytes().all(|c| c.is_ascii_digit()) {
             return Err(bad("not a date and time"));
         }
@@ -589,7 +657,10 @@ pub fn parse_time_ms(s: &str) -> Result<i64, String> {
     let offset_min = match &s[i..] {
         "Z" | "z" => 0,
         "" => return Err(bad("no UTC offset (add Z for UTC, or +HH:MM)")),
-        o if o.len() == 6 && (o.starts_with('+') || o.starts_with('-')) && &o[3..4] == ":" => {
+        o if o.len() == 6
+            && (o.starts_with('+') || o.starts_with('-'))
+            && o.as_bytes().get(3) == Some(&b':') =>
+        {
             let (oh, om) = (num(i + 1, 2)?, num(i + 4, 2)?);
             if oh > 23 || om > 59 {
                 return Err(bad("no such UTC offset"));
@@ -858,6 +929,117 @@ mod tests {
         assert_eq!(Cursor::decode(&s).unwrap(), c);
         assert!(Cursor::decode("not a cursor").is_err());
         assert!(Cursor::decode(&URL_SAFE_NO_PAD.encode("{}")).is_err());
+    }
+
+    #[test]
+    fn a_time_with_a_multibyte_character_is_an_error_not_a_panic() {
+        for bad in [
+            "2025-11-26T10:00:00+0\u{e9}:0",
+            "2025-11-26T10:00:00-\u{e9}\u{e9}0",
+            "2025-11-26T10:00:00.5+0\u{e9}:0",
+            "2025-11-2\u{e9}T10:00:00Z",
+            "2025-11-26T1\u{e9}:00:00Z",
+            "2025-11-26T10:00:0\u{e9}Z",
+            "\u{e9}025-11-26",
+        ] {
+            let e = parse_time_ms(bad).unwrap_err();
+            assert!(e.contains("expected epoch ms or RFC 3339"), "{bad:?}: {e}");
+        }
+    }
+
+    /// A cursor as anyone can craft one: URL-safe base64 of any JSON.
+    fn tampered(json: &str) -> String {
+        URL_SAFE_NO_PAD.encode(json)
+    }
+
+    #[test]
+    fn a_tampered_cursor_is_an_error_not_a_panic() {
+        let now = 1_764_151_200_000;
+        let run = |after: &str, f: &AlertFilter| {
+            Cursor::decode(after).and_then(|c| plan(f, Some(&c), now).map(|_| ()))
+        };
+        let card = AlertFilter {
+            card: Some("tok_1".into()),
+            ..filter()
+        };
+        for (json, f) in [
+            (
+                r#"{"i":"by-day","p":"2025-11-26","a":"x","t":0,"hi":-9223372036854775808}"#,
+                filter(),
+            ),
+            (
+                r#"{"i":"by-day","p":"2025-11-26","a":"x","t":0,"lo":-9223372036854775808,"hi":-9223372036854775000}"#,
+                filter(),
+            ),
+            (
+                r#"{"i":"by-day","p":"2025-11-26","a":"x","t":1764115200000,"lo":1764115200000,"hi":-9223372036854775808}"#,
+                filter(),
+            ),
+            (
+                r#"{"i":"by-card","p":"tok_1","a":"x","t":0,"hi":-9223372036854775808}"#,
+                card.clone(),
+            ),
+            (
+                r#"{"i":"by-card","p":"tok_1","a":"x","t":5,"lo":10,"hi":20}"#,
+                card.clone(),
+            ),
+            (
+                r#"{"i":"by-card","p":"tok_1","a":"","t":15,"lo":10,"hi":20}"#,
+                card.clone(),
+            ),
+            (
+                r#"{"i":"by-nothing","p":"tok_1","a":"x","t":15}"#,
+                card.clone(),
+            ),
+        ] {
+            let e = format!("{:#}", run(&tampered(json), &f).unwrap_err());
+            assert!(e.contains("--after"), "{json}: {e}");
+        }
+        // A cursor the command printed still continues its query.
+        let page_one = Cursor {
+            i: "by-card".into(),
+            p: "tok_1".into(),
+            a: "tok_1/e9".into(),
+            t: 15,
+            lo: Some(10),
+            hi: Some(20),
+        };
+        assert!(run(&page_one.encode(), &card).is_ok());
+    }
+
+    #[test]
+    fn a_last_reaching_past_the_earliest_time_is_an_error_not_a_panic() {
+        let now = 1_764_151_200_000;
+        let until = parse_time_ms("0000-01-01").unwrap();
+        let last = crate::query::parse_duration_ms("153722867280912m").unwrap();
+        for f in [
+            AlertFilter {
+                until_ms: Some(until),
+                last_ms: Some(last),
+                ..filter()
+            },
+            AlertFilter {
+                card: Some("tok_1".into()),
+                until_ms: Some(until),
+                last_ms: Some(last),
+                ..filter()
+            },
+        ] {
+            let e = plan(&f, None, now).err().expect("an error").to_string();
+            assert!(e.contains("--last"), "{e}");
+        }
+        // A long --last on one card reads its whole history from the earliest time.
+        let (p, _) = plan(
+            &AlertFilter {
+                card: Some("tok_1".into()),
+                last_ms: Some(i64::MAX / 2),
+                ..filter()
+            },
+            None,
+            now,
+        )
+        .unwrap();
+        assert_eq!(p.lo, Some(EARLIEST_MS));
     }
 
     fn filter() -> AlertFilter {

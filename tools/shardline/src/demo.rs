@@ -415,6 +415,8 @@ async fn print_backtest(
                 note: Some(format!("generator ground truth: {}", l.scenario)),
                 labelled_by: None,
                 labelled_at: None,
+                recorded_by: None,
+                recorded_at: None,
             })
         })
         .collect();

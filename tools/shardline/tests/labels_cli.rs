@@ -1,9 +1,11 @@
 //! `shardline label` and `shardline labels` as a user runs them, against the local
 //! DynamoDB and STS: labels written one at a time and imported from a file (the
 //! generator's ground truth included, a relabel winning) come back out of `labels
-//! export` with their verdicts, notes, who and when; a file with bad lines is refused
-//! with each line named and nothing written. Needs the emulators (`make test` starts
-//! them); fails with instructions when they are not up.
+//! export` with their verdicts, notes, who and when, and who recorded them and when (the
+//! caller, whatever the file or `--by` says); a file with bad lines, however late, is
+//! refused with each line named and nothing written; a card number is never stored,
+//! as an event id or in a note. Needs the emulators (`make test` starts them); fails
+//! with instructions when they are not up.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
@@ -16,9 +18,9 @@ use aws_sdk_dynamodb::types::{
 };
 use shardline::common::now_ms;
 use shardline::labelfile::{LabelRecord, Verdict};
-use shardline::labels::{LABEL_KEY, load_table};
+use shardline::labels::{LABEL_KEY, load_table, put_labels};
 use shardline_aws::template::{Template, scalar};
-use shardline_core::event::format_rfc3339_ms;
+use shardline_core::event::{format_rfc3339_ms, pan_safe_id};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -130,9 +132,9 @@ fn parse_export(body: &str) -> Vec<LabelRecord> {
         .collect()
 }
 
-/// `at` is a `labelled_at` taken between `before` and `after` (epoch ms).
+/// `at` is a `labelled_at` or `recorded_at` taken between `before` and `after` (epoch ms).
 fn assert_between(at: Option<&str>, before: i64, after: i64) {
-    let at = at.expect("labelled_at");
+    let at = at.expect("labelled_at or recorded_at");
     assert_eq!(at.len(), "2026-11-26T10:00:00.000Z".len(), "{at}");
     assert!(at.ends_with('Z'), "{at}");
     let (lo, hi) = (format_rfc3339_ms(before), format_rfc3339_ms(after));
@@ -183,6 +185,8 @@ async fn labels_written_and_imported_come_back_out_of_the_export() {
         )
     );
     assert_between(stored[0].labelled_at.as_deref(), before, after);
+    assert_eq!(stored[0].recorded_by.as_deref(), Some(me.as_str()));
+    assert_eq!(stored[0].recorded_at, stored[0].labelled_at);
     assert_eq!(
         (
             stored[1].event_id.as_str(),
@@ -192,13 +196,17 @@ async fn labels_written_and_imported_come_back_out_of_the_export() {
         ),
         ("e-2", Verdict::Legit, None, Some("analyst-7"))
     );
+    // --by says who labelled it; who recorded it is the caller, always.
+    assert_eq!(stored[1].recorded_by.as_deref(), Some(me.as_str()));
+    assert!(stored[1].recorded_at.is_some());
 
     // An import: a relabel of e-2 with its own who and when, a label changed by a later
     // line, the generator's ground truth (an event line and a merchant-level line, which
     // is no event label), and enough events for two BatchWriteItem requests, one of them
     // relabelled across the request boundary.
     let mut body = String::new();
-    body.push_str(r#"{"event_id":"e-2","label":"fraud","note":"relabelled","labelled_by":"arn:aws:iam::1:user/ana","labelled_at":"2026-11-26T10:00:00.000Z"}"#);
+    // Its recorded_by and recorded_at are not taken: the import records its own.
+    body.push_str(r#"{"event_id":"e-2","label":"fraud","note":"relabelled","labelled_by":"arn:aws:iam::1:user/ana","labelled_at":"2026-11-26T10:00:00.000Z","recorded_by":"arn:aws:iam::1:user/forged","recorded_at":"2020-01-01T00:00:00.000Z"}"#);
     body.push('\n');
     body.push_str(r#"{"event_id":"e-3","label":"fraud","note":"first call"}"#);
     body.push_str("\n\n");
@@ -268,7 +276,11 @@ async fn labels_written_and_imported_come_back_out_of_the_export() {
         labels.iter().map(|l| (l.event_id.as_str(), l)).collect();
     // e-1 untouched by the import.
     assert_eq!(*by_id["e-1"], stored[0]);
-    // e-2 as the file said, who and when included.
+    // Recorded by the caller at the import's time (one for the whole file), every label.
+    let import_at = by_id["e-3"].recorded_at.clone();
+    assert_between(import_at.as_deref(), before, after);
+    // e-2 as the file said, who and when included; recorded by the caller, not as the
+    // file claimed.
     assert_eq!(
         *by_id["e-2"],
         LabelRecord {
@@ -277,17 +289,19 @@ async fn labels_written_and_imported_come_back_out_of_the_export() {
             note: Some("relabelled".into()),
             labelled_by: Some("arn:aws:iam::1:user/ana".into()),
             labelled_at: Some("2026-11-26T10:00:00.000Z".into()),
+            recorded_by: Some(me.clone()),
+            recorded_at: import_at.clone(),
         }
     );
-    // The rest: who is the caller, when is the import's time (one for the whole file).
-    let import_at = by_id["e-3"].labelled_at.clone();
-    assert_between(import_at.as_deref(), before, after);
+    // The rest: who is the caller, when is the import's time.
     let expect = |id: &str, label: Verdict, note: Option<&str>| LabelRecord {
         event_id: id.to_owned(),
         label,
         note: note.map(str::to_owned),
         labelled_by: Some(me.clone()),
         labelled_at: import_at.clone(),
+        recorded_by: Some(me.clone()),
+        recorded_at: import_at.clone(),
     };
     assert_eq!(
         *by_id["e-3"],
@@ -308,16 +322,31 @@ async fn labels_written_and_imported_come_back_out_of_the_export() {
         assert_eq!(*by_id[id.as_str()], expect(&id, label, None));
     }
 
-    // The export imports back as it is: who and when kept, nothing changed.
+    // The export imports back as it is: who and when kept, nothing changed but who
+    // recorded it and when (this import, by the caller).
     let again = write(&dir, "again.ndjson", &exported);
+    let before = now_ms();
     let out = shardline(&table, &["labels", "import", &again]);
+    let after = now_ms();
     assert!(out.status.success(), "{:?}", text(&out));
     assert!(
         text(&out).0.starts_with("34 label(s) written"),
         "{:?}",
         text(&out)
     );
-    assert_eq!(load_table(&ddb, &table).await.unwrap(), labels);
+    let reimported = load_table(&ddb, &table).await.unwrap();
+    let again_at = reimported[0].recorded_at.clone();
+    assert_between(again_at.as_deref(), before, after);
+    let expected: Vec<LabelRecord> = labels
+        .iter()
+        .cloned()
+        .map(|mut l| {
+            l.recorded_by = Some(me.clone());
+            l.recorded_at = again_at.clone();
+            l
+        })
+        .collect();
+    assert_eq!(reimported, expected);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -387,5 +416,196 @@ async fn bad_input_names_each_line_and_writes_nothing() {
     let out = shardline(&table, &["labels", "export"]);
     assert!(out.status.success(), "{:?}", text(&out));
     assert_eq!(text(&out).0, "");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The raw items of `table`, as text, to look for what must not be there.
+async fn raw_items(ddb: &aws_sdk_dynamodb::Client, table: &str) -> String {
+    let out = ddb.scan().table_name(table).send().await.unwrap();
+    format!("{:?}", out.items())
+}
+
+#[tokio::test]
+async fn a_card_number_is_never_stored_as_an_event_id_or_in_a_note() {
+    let sdk = emulators().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = labels_table(&ddb, "pan").await;
+    let dir = work_dir("pan");
+    let pan = "4111111111111111";
+    let out = shardline(
+        &table,
+        &[
+            "label",
+            pan,
+            "fraud",
+            "--note",
+            "customer says 4111 1111 1111 1111 was stolen",
+            "--by",
+            "analyst-7",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.starts_with(&format!(
+            "event {} labelled fraud by analyst-7 at ",
+            pan_safe_id(pan)
+        )),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(pan) && !stderr.contains(pan),
+        "{stdout}\n{stderr}"
+    );
+    let file = write(
+        &dir,
+        "pan.ndjson",
+        concat!(
+            r#"{"event_id":"5500 0000 0000 0004","label":"legit","note":"refund to 5500000000000004"}"#,
+            "\n",
+            r#"{"scenario":"card_testing","attack":"ct-1","event_id":"tx-4000056655665556"}"#,
+            "\n",
+        ),
+    );
+    let out = shardline(&table, &["labels", "import", &file]);
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    let out = shardline(&table, &["labels", "export"]);
+    let (exported, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let raw = raw_items(&ddb, &table).await;
+    for digits in ["4111", "1111 1111", "5500", "0000 0000", "4000056655665556"] {
+        assert!(
+            !exported.contains(digits),
+            "{digits} in the export: {exported}"
+        );
+        assert!(!raw.contains(digits), "{digits} in the table: {raw}");
+    }
+    let labels = parse_export(&exported);
+    let by_id: BTreeMap<&str, &LabelRecord> =
+        labels.iter().map(|l| (l.event_id.as_str(), l)).collect();
+    // Each under the id alerts and backtests show for it.
+    let card = by_id[&*pan_safe_id(pan)];
+    assert_eq!(card.label, Verdict::Fraud);
+    assert_eq!(
+        card.note.as_deref(),
+        Some("customer says [PAN redacted] was stolen")
+    );
+    let mc = by_id[&*pan_safe_id("5500 0000 0000 0004")];
+    assert_eq!(mc.label, Verdict::Legit);
+    assert_eq!(mc.note.as_deref(), Some("refund to [PAN redacted]"));
+    assert_eq!(
+        by_id[&*pan_safe_id("tx-4000056655665556")].label,
+        Verdict::Fraud
+    );
+    assert_eq!(labels.len(), 3);
+
+    // The export imports back under the same ids (no second label per event).
+    let again = write(&dir, "again.ndjson", &exported);
+    let out = shardline(&table, &["labels", "import", &again]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(
+        ddb.scan().table_name(&table).send().await.unwrap().count(),
+        3
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_file_refused_on_its_last_lines_writes_nothing() {
+    let sdk = emulators().await;
+    let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+    let table = labels_table(&ddb, "late").await;
+    let dir = work_dir("late");
+    // 29 good lines (more than one BatchWriteItem request), then one DynamoDB would
+    // refuse or that is out of bounds.
+    let good: String = (0..29)
+        .map(|i| format!("{{\"event_id\":\"ok-{i:02}\",\"label\":\"fraud\"}}\n"))
+        .collect();
+    for (name, last, says) in [
+        (
+            "huge-note",
+            format!(
+                "{{\"event_id\":\"late\",\"label\":\"fraud\",\"note\":\"{}\"}}\n",
+                "x".repeat(500 * 1024)
+            ),
+            "longer than",
+        ),
+        (
+            "long-note",
+            format!(
+                "{{\"event_id\":\"late\",\"label\":\"fraud\",\"note\":\"{}\"}}\n",
+                "x".repeat(1001)
+            ),
+            "note",
+        ),
+        (
+            "long-by",
+            format!(
+                "{{\"event_id\":\"late\",\"label\":\"fraud\",\"labelled_by\":\"{}\"}}\n",
+                "a".repeat(2049)
+            ),
+            "labelled_by",
+        ),
+        (
+            "bad-at",
+            "{\"event_id\":\"late\",\"label\":\"fraud\",\"labelled_at\":\"yesterday\"}\n"
+                .to_owned(),
+            "labelled_at",
+        ),
+    ] {
+        let file = write(&dir, &format!("{name}.ndjson"), &format!("{good}{last}"));
+        let out = shardline(&table, &["labels", "import", &file]);
+        let (stdout, stderr) = text(&out);
+        assert!(!out.status.success(), "{name}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains("1 bad label line(s), nothing taken")
+                && stderr.contains(&format!("{file}:30: "))
+                && stderr.contains(says),
+            "{name}: {stderr}"
+        );
+        assert!(
+            !stderr.contains(&"x".repeat(200)) && !stderr.contains(&"a".repeat(200)),
+            "{name}: the line is not quoted whole"
+        );
+        assert_eq!(
+            ddb.scan().table_name(&table).send().await.unwrap().count(),
+            0,
+            "{name}: nothing written"
+        );
+    }
+    // The same bounds on the command line.
+    for (args, says) in [
+        (vec!["--note", &*"x".repeat(1001)], "note"),
+        (vec!["--by", &*"a".repeat(2049)], "labelled_by"),
+    ] {
+        let mut all = vec!["label", "e-1", "fraud"];
+        all.extend(args);
+        let out = shardline(&table, &all);
+        assert!(!out.status.success());
+        assert!(text(&out).1.contains(says), "{:?}", text(&out));
+    }
+    assert_eq!(
+        ddb.scan().table_name(&table).send().await.unwrap().count(),
+        0,
+        "nothing written"
+    );
+
+    // Should a write still fail midway (here an item past DynamoDB's 400 KB, which the
+    // checks would have refused), the error says how many labels were written.
+    let mut labels: Vec<LabelRecord> = (0..30)
+        .map(|i| LabelRecord {
+            event_id: format!("mid-{i:02}"),
+            label: Verdict::Fraud,
+            note: None,
+            labelled_by: Some("t".into()),
+            labelled_at: None,
+            recorded_by: None,
+            recorded_at: None,
+        })
+        .collect();
+    labels[29].note = Some("x".repeat(500 * 1024));
+    let e = format!("{:#}", put_labels(&ddb, &table, &labels).await.unwrap_err());
+    assert!(e.contains("25 of 30 label(s) were written"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
