@@ -7,6 +7,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod common;
+use common::emulators;
+
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -24,21 +27,6 @@ use shardline_core::event::pan_safe_id;
 use shardline_core::fraud::SHADOW_PREFIX;
 use shardline_core::fraud::rules::Outcome;
 use shardline_core::ports::AlertSink;
-
-/// The SDK configuration of the emulators, or a panic saying how to start them.
-async fn emulators() -> aws_config::SdkConfig {
-    for var in ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KINESIS"] {
-        let url = std::env::var(var).unwrap_or_else(|_| {
-            panic!("{var} is not set: this test needs the local emulators. Run it through `make test`, or `make up` and export the variables it prints.")
-        });
-        let host = url.trim_start_matches("http://").trim_end_matches('/');
-        assert!(
-            std::net::TcpStream::connect(host).is_ok(),
-            "nothing answers at {url}: start the emulators with `make up`."
-        );
-    }
-    aws_config::load_from_env().await
-}
 
 /// template.yaml with a fresh Stage, bootstrapped (the alerts table with the template's
 /// indexes); returns the Stage and the alerts table's name.

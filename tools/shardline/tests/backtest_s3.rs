@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod common;
+use common::emulators;
+
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,18 +17,6 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/backtest")
         .join(name)
-}
-
-async fn emulators() -> aws_config::SdkConfig {
-    let url = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-        panic!("AWS_ENDPOINT_URL is not set: this test needs the local emulators. Run it through `make test`, or `make up` and export the variables it prints.")
-    });
-    let host = url.trim_start_matches("http://").trim_end_matches('/');
-    assert!(
-        std::net::TcpStream::connect(host).is_ok(),
-        "nothing answers at {url}: start the emulators with `make up`."
-    );
-    aws_config::load_from_env().await
 }
 
 fn gzip(b: &[u8]) -> Vec<u8> {
@@ -58,11 +49,7 @@ fn run(events: &str) -> serde_json::Value {
 async fn the_firehose_archive_on_s3_reads_in_key_order() {
     let sdk = emulators().await;
     let s3 = shardline::backtest::s3_client(&sdk);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let bucket = format!("backtest-{}-{nanos}", std::process::id());
+    let bucket = format!("backtest-{}", common::unique_tag());
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
 
     let text = std::fs::read(fixture("events.ndjson")).unwrap();

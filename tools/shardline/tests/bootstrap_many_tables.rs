@@ -4,24 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod common;
+use common::emulators;
+
 use std::path::PathBuf;
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
 use shardline_aws::template::Template;
-
-async fn emulators() -> aws_config::SdkConfig {
-    let url = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-        panic!("AWS_ENDPOINT_URL is not set: this test needs the local emulators. Run it through `make test`, or `make up` and export the variables it prints.")
-    });
-    let host = url.trim_start_matches("http://").trim_end_matches('/');
-    assert!(
-        std::net::TcpStream::connect(host).is_ok(),
-        "nothing answers at {url}: start the emulators with `make up`."
-    );
-    aws_config::load_from_env().await
-}
 
 #[tokio::test]
 async fn a_second_bootstrap_finds_tables_past_the_first_list_page() {

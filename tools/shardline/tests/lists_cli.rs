@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod common;
+use common::emulators;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -16,19 +19,6 @@ use shardline_core::lists::ListKind;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The SDK configuration of the emulators, or a panic saying how to start them.
-async fn emulators() -> aws_config::SdkConfig {
-    let url = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-        panic!("AWS_ENDPOINT_URL is not set: this test needs the local emulators. Run it through `make test`, or `make up` and export the variables it prints.")
-    });
-    let host = url.trim_start_matches("http://").trim_end_matches('/');
-    assert!(
-        std::net::TcpStream::connect(host).is_ok(),
-        "nothing answers at {url}: start the emulators with `make up`."
-    );
-    aws_config::load_from_env().await
 }
 
 /// A fresh lists table (keys as template.yaml's ListsTable; the adapter's own test

@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure report
 
+mod common;
+use common::emulators;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -16,18 +19,6 @@ use shardline_core::ports::RuleSource;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-async fn emulators() -> aws_config::SdkConfig {
-    let url = std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| {
-        panic!("AWS_ENDPOINT_URL is not set: this test needs the local emulators. Run it through `make test`.")
-    });
-    let host = url.trim_start_matches("http://").trim_end_matches('/');
-    assert!(
-        std::net::TcpStream::connect(host).is_ok(),
-        "nothing answers at {url}: start the emulators with `make up`."
-    );
-    aws_config::load_from_env().await
 }
 
 fn rules(table: &str, args: &[&str]) -> Output {
