@@ -47,7 +47,11 @@ pub fn stable_hash(s: &str) -> u64 {
 impl Hll {
     /// Adds an item.
     pub fn add(&mut self, item: &str) {
-        let h = stable_hash(item);
+        self.add_hash(stable_hash(item));
+    }
+
+    /// Adds an item by its [`stable_hash`].
+    pub fn add_hash(&mut self, h: u64) {
         let idx = (h >> (64 - PRECISION)) as usize;
         let rest = h << PRECISION;
         let rank = (rest.leading_zeros().min(64 - PRECISION) + 1) as u8;
@@ -60,6 +64,11 @@ impl Hll {
         for (idx, rank) in other.registers() {
             self.raise(idx, rank);
         }
+    }
+
+    /// True when no item was added.
+    pub fn is_empty(&self) -> bool {
+        self.registers().next().is_none()
     }
 
     /// Estimated number of distinct items.
@@ -136,6 +145,127 @@ impl Hll {
         }
         let [hi, lo] = (idx as u16).to_be_bytes();
         self.0.splice(3 * at..3 * at, [hi, lo, rank]);
+    }
+}
+
+/// Most distinct items counted exactly: up to this many, a window keeps the items'
+/// hashes (8 bytes each, at most 384 bytes) and its count is exact; past it, the
+/// HyperLogLog.
+pub const EXACT_MAX: usize = 48;
+
+/// The distinct items of a small set, exactly: their [`stable_hash`]es, sorted and
+/// unique, 8 bytes big-endian each, so equal sets have equal bytes whatever the order
+/// they were added or merged in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ExactSet(#[serde(with = "serde_bytes")] Vec<u8>);
+
+impl ExactSet {
+    /// Items held.
+    pub fn len(&self) -> usize {
+        self.0.len() / 8
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.len() < 8
+    }
+
+    /// The hashes, in order.
+    pub fn hashes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.0.chunks_exact(8).map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_be_bytes(b)
+        })
+    }
+
+    /// Adds a hash (once).
+    pub fn insert(&mut self, h: u64) {
+        let n = self.len();
+        let at = partition(n, |k| self.hash_at(k) < h);
+        if at < n && self.hash_at(at) == h {
+            return;
+        }
+        self.0.splice(8 * at..8 * at, h.to_be_bytes());
+    }
+
+    fn hash_at(&self, k: usize) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[8 * k..8 * k + 8]);
+        u64::from_be_bytes(b)
+    }
+
+    /// Empties it.
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Distinct items counted exactly up to [`EXACT_MAX`], estimated beyond: a pair of an
+/// [`ExactSet`] and a [`Hll`], in exact mode while the sketch is empty. Items past the
+/// limit move every hash into the sketch, so the sketch always holds the same registers
+/// as if every item had gone straight into it: any split and merge order gives the same
+/// bytes. A pair with an empty set and a non-empty sketch (written before the exact
+/// mode existed, or past the limit) is a sketch.
+#[derive(Debug)]
+pub struct Distinct<'a> {
+    /// The exact set.
+    pub exact: &'a mut ExactSet,
+    /// The sketch.
+    pub sketch: &'a mut Hll,
+}
+
+impl Distinct<'_> {
+    fn is_exact(&self) -> bool {
+        self.sketch.is_empty()
+    }
+
+    fn to_sketch(&mut self) {
+        for h in self.exact.hashes() {
+            self.sketch.add_hash(h);
+        }
+        self.exact.clear();
+    }
+
+    /// Adds an item.
+    pub fn add(&mut self, item: &str) {
+        let h = stable_hash(item);
+        if self.is_exact() {
+            self.exact.insert(h);
+            if self.exact.len() > EXACT_MAX {
+                self.to_sketch();
+            }
+        } else {
+            self.sketch.add_hash(h);
+        }
+    }
+
+    /// Merges another pair in.
+    pub fn merge(&mut self, exact: &ExactSet, sketch: &Hll) {
+        if self.is_exact() && sketch.is_empty() {
+            for h in exact.hashes() {
+                self.exact.insert(h);
+            }
+            if self.exact.len() > EXACT_MAX {
+                self.to_sketch();
+            }
+            return;
+        }
+        self.to_sketch();
+        self.sketch.merge(sketch);
+        for h in exact.hashes() {
+            self.sketch.add_hash(h);
+        }
+    }
+}
+
+/// The count of a pair: exact in exact mode, else the sketch's estimate.
+pub fn distinct_count(exact: &ExactSet, sketch: &Hll) -> f64 {
+    if sketch.is_empty() {
+        exact.len() as f64
+    } else {
+        sketch.estimate()
     }
 }
 
@@ -218,7 +348,88 @@ mod tests {
         assert_eq!(merged, sparse);
     }
 
+    /// Two cards whose hashes share a register: the sketch reads 2 for 3 cards, the
+    /// exact mode 3.
+    #[test]
+    fn three_cards_read_three_even_when_two_share_a_register() {
+        let idx = |s: &str| stable_hash(s) >> (64 - PRECISION);
+        let first = "tok_0".to_owned();
+        let twin = (1..100_000)
+            .map(|i| format!("tok_{i}"))
+            .find(|t| idx(t) == idx(&first))
+            .unwrap();
+        let third = (1..100_000)
+            .map(|i| format!("tok_{i}"))
+            .find(|t| idx(t) != idx(&first))
+            .unwrap();
+        let mut sketch_only = Hll::default();
+        let (mut exact, mut sketch) = (ExactSet::default(), Hll::default());
+        for t in [&first, &twin, &third] {
+            sketch_only.add(t);
+            Distinct {
+                exact: &mut exact,
+                sketch: &mut sketch,
+            }
+            .add(t);
+        }
+        assert!(sketch_only.estimate() < 2.5, "the sketch alone undercounts");
+        assert_eq!(distinct_count(&exact, &sketch), 3.0);
+        assert!(sketch.is_empty());
+        assert_eq!(exact.len(), 3);
+    }
+
+    /// Past the limit the pair is the sketch every item would have built; at the
+    /// limit it is exact.
+    #[test]
+    fn exact_up_to_the_limit_then_the_sketch() {
+        let (mut exact, mut sketch) = (ExactSet::default(), Hll::default());
+        let mut whole = Hll::default();
+        for i in 0..=EXACT_MAX {
+            let t = format!("c{i}");
+            let mut d = Distinct {
+                exact: &mut exact,
+                sketch: &mut sketch,
+            };
+            d.add(&t);
+            d.add(&t);
+            whole.add(&t);
+            if i < EXACT_MAX {
+                assert_eq!(distinct_count(&exact, &sketch), (i + 1) as f64);
+            }
+        }
+        assert!(exact.is_empty());
+        assert_eq!(sketch, whole);
+    }
+
     proptest::proptest! {
+        /// Any split of the items in two, merged either way, gives the bytes of the
+        /// whole: exact while the union is small, the whole's sketch past it.
+        #[test]
+        fn exact_pairs_merge_canonically(
+            cards in proptest::collection::vec(0u32..200, 0..120),
+            cut in 0usize..120,
+        ) {
+            let cut = cut.min(cards.len());
+            let build = |items: &[u32]| {
+                let (mut e, mut s) = (ExactSet::default(), Hll::default());
+                for c in items {
+                    Distinct { exact: &mut e, sketch: &mut s }.add(&format!("c{c}"));
+                }
+                (e, s)
+            };
+            let whole = build(&cards);
+            let (a, b) = (build(&cards[..cut]), build(&cards[cut..]));
+            let (mut ab, mut ba) = (a.clone(), b.clone());
+            Distinct { exact: &mut ab.0, sketch: &mut ab.1 }.merge(&b.0, &b.1);
+            Distinct { exact: &mut ba.0, sketch: &mut ba.1 }.merge(&a.0, &a.1);
+            proptest::prop_assert_eq!(&ab, &whole);
+            proptest::prop_assert_eq!(&ba, &whole);
+            let distinct = cards.iter().collect::<std::collections::BTreeSet<_>>().len();
+            if distinct <= EXACT_MAX {
+                proptest::prop_assert_eq!(distinct_count(&whole.0, &whole.1), distinct as f64);
+            }
+        }
+
         #[test]
         fn any_split_and_order_gives_the_same_bytes(
             cards in proptest::collection::vec(0u32..5_000, 0..1_500),

@@ -22,7 +22,7 @@ use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 use crate::batch::Item;
 use crate::event::{AuthResult, Txn};
 use crate::seq::RecordPos;
-use hll::Hll;
+use hll::{ExactSet, Hll};
 
 /// One minute in ms.
 pub const MINUTE_MS: i64 = 60_000;
@@ -193,8 +193,12 @@ pub struct Metrics {
     pub declined: u64,
     /// Exact amount aggregates per currency.
     pub currencies: BTreeMap<String, CurrencyAgg>,
-    /// Distinct cards (HyperLogLog).
+    /// Distinct cards beyond [`hll::EXACT_MAX`] (HyperLogLog; empty while `card_set`
+    /// counts them exactly).
     pub cards: Hll,
+    /// Distinct cards up to [`hll::EXACT_MAX`], exactly (their hashes).
+    #[serde(default, skip_serializing_if = "ExactSet::is_empty")]
+    pub card_set: ExactSet,
     /// Amount quantile sketch (DDSketch, 1 % relative accuracy), Java wire format.
     #[serde(with = "serde_bytes", default)]
     pub amounts: Vec<u8>,
@@ -233,7 +237,11 @@ impl Metrics {
                 }
             }
             if track_cards {
-                self.cards.add(&t.card_token);
+                hll::Distinct {
+                    exact: &mut self.card_set,
+                    sketch: &mut self.cards,
+                }
+                .add(&t.card_token);
             }
             sketch.add(t.amount_minor as f64);
         }
@@ -250,7 +258,11 @@ impl Metrics {
         for (c, agg) in &o.currencies {
             self.currencies.entry(c.clone()).or_default().merge(agg);
         }
-        self.cards.merge(&o.cards);
+        hll::Distinct {
+            exact: &mut self.card_set,
+            sketch: &mut self.cards,
+        }
+        .merge(&o.card_set, &o.cards);
         if !o.amounts.is_empty() {
             let mut mine = decode_sketch(&self.amounts);
             // Same configuration on both sides, so merge cannot fail.
@@ -260,9 +272,9 @@ impl Metrics {
         }
     }
 
-    /// Estimated distinct cards.
+    /// Distinct cards: exact up to [`hll::EXACT_MAX`], estimated beyond.
     pub fn distinct_cards(&self) -> f64 {
-        self.cards.estimate()
+        hll::distinct_count(&self.card_set, &self.cards)
     }
 
     /// Estimated amount quantile (`q` in 0..=1), minor units.
@@ -648,6 +660,50 @@ mod tests {
         let p50 = a.quantile(0.5).unwrap();
         assert!((p50 - 600.0).abs() / 600.0 < 0.02, "{p50}");
         assert!((a.distinct_cards() - 5.0).abs() < 0.5);
+    }
+
+    /// A merchant's three cards in a minute read 3, split over two shards or not, even
+    /// when two of the cards' hashes share a HyperLogLog register (the sketch alone read
+    /// 2); past 48 cards the count is the sketch's estimate.
+    #[test]
+    fn a_few_distinct_cards_are_counted_exactly() {
+        let idx = |s: &str| hll::stable_hash(s) >> (64 - hll::PRECISION);
+        let twin = (1..100_000)
+            .map(|i| format!("tok_{i}"))
+            .find(|t| idx(t) == idx("tok_0"))
+            .unwrap();
+        let third = (1..100_000)
+            .map(|i| format!("tok_{i}"))
+            .find(|t| idx(t) != idx("tok_0"))
+            .unwrap();
+        let events: Vec<Txn> = ["tok_0", twin.as_str(), third.as_str()]
+            .iter()
+            .enumerate()
+            .map(|(i, card)| Txn {
+                card_token: (*card).to_owned(),
+                ..txn(i, 0, 100, "m", false)
+            })
+            .collect();
+        let mut whole = Metrics::default();
+        whole.add_all(&events, true);
+        assert_eq!(whole.distinct_cards(), 3.0);
+        let (mut a, mut b) = (Metrics::default(), Metrics::default());
+        a.add_all(&events[..1], true);
+        b.add_all(&events[1..], true);
+        a.merge(&b);
+        assert_eq!(a.distinct_cards(), 3.0);
+        assert_eq!(a.card_set, whole.card_set, "canonical across the split");
+
+        let many: Vec<Txn> = (0..200)
+            .map(|i| Txn {
+                card_token: format!("card-{i}"),
+                ..txn(i, 0, 100, "m", false)
+            })
+            .collect();
+        let mut big = Metrics::default();
+        big.add_all(&many, true);
+        assert!(big.card_set.is_empty());
+        assert!((big.distinct_cards() - 200.0).abs() < 200.0 * 3.0 * hll::STD_ERROR);
     }
 
     #[test]

@@ -56,7 +56,7 @@ pub const WINDOW_VARS: &[VarDef] = &[
     ),
     VarDef::number(
         "distinct_cards",
-        "estimated distinct cards (HyperLogLog, about 3 % error; 0 in per-card windows)",
+        "distinct cards: exact up to 48, then HyperLogLog (about 3 % error); 0 in per-card windows",
     ),
     VarDef::number(
         "min",
