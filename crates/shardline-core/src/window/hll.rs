@@ -221,7 +221,7 @@ impl Distinct<'_> {
         self.sketch.is_empty()
     }
 
-    fn to_sketch(&mut self) {
+    fn spill_to_sketch(&mut self) {
         for h in self.exact.hashes() {
             self.sketch.add_hash(h);
         }
@@ -234,7 +234,7 @@ impl Distinct<'_> {
         if self.is_exact() {
             self.exact.insert(h);
             if self.exact.len() > EXACT_MAX {
-                self.to_sketch();
+                self.spill_to_sketch();
             }
         } else {
             self.sketch.add_hash(h);
@@ -248,11 +248,11 @@ impl Distinct<'_> {
                 self.exact.insert(h);
             }
             if self.exact.len() > EXACT_MAX {
-                self.to_sketch();
+                self.spill_to_sketch();
             }
             return;
         }
-        self.to_sketch();
+        self.spill_to_sketch();
         self.sketch.merge(sketch);
         for h in exact.hashes() {
             self.sketch.add_hash(h);
