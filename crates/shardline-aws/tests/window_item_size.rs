@@ -12,29 +12,8 @@ use shardline_core::event::{DecodeLimits, MAX_AMOUNT_MINOR, decode_txn};
 use shardline_core::seq::{RecordPos, SeqNo};
 use shardline_core::window::{CurrencyAgg, WindowConfig, WindowId, WindowPartial};
 
-/// DynamoDB's item size limit (400 KB, attribute names included).
-const ITEM_LIMIT: usize = 400 * 1000;
-
-/// An upper bound on an attribute value's stored size: numbers are counted one byte per
-/// digit (DynamoDB stores about one per two), documents 3 bytes plus one per element.
-fn value_size(v: &AttributeValue) -> usize {
-    match v {
-        AttributeValue::S(s) => s.len(),
-        AttributeValue::N(n) => n.len() + 1,
-        AttributeValue::B(b) => b.as_ref().len(),
-        AttributeValue::Bool(_) | AttributeValue::Null(_) => 1,
-        AttributeValue::L(l) => 3 + l.iter().map(|e| 1 + value_size(e)).sum::<usize>(),
-        AttributeValue::M(m) => 3 + item_size(m) + m.len(),
-        AttributeValue::Ss(ss) => ss.iter().map(String::len).sum(),
-        AttributeValue::Ns(ns) => ns.iter().map(|n| n.len() + 1).sum(),
-        AttributeValue::Bs(bs) => bs.iter().map(|b| b.as_ref().len()).sum(),
-        other => panic!("unexpected attribute type {other:?}"),
-    }
-}
-
-fn item_size(item: &HashMap<String, AttributeValue>) -> usize {
-    item.iter().map(|(k, v)| k.len() + value_size(v)).sum()
-}
+mod common;
+use common::{ITEM_LIMIT, item_size};
 
 fn txn_json(currency: &str, card: &str, amount: i64) -> String {
     format!(

@@ -17,6 +17,32 @@ pub const TRAVEL_MIN_KM: f64 = 50.0;
 /// betting, direct marketing.
 pub const HIGH_RISK_MCC: &[u16] = &[4829, 6051, 6211, 7995, 5967, 5993];
 
+/// MCC risk tier 3: money out with no goods — wire transfer (4829), quasi-cash and
+/// crypto (6051), securities (6211), betting and lotteries (7995), money orders (6540,
+/// stored-value loads).
+pub const MCC_TIER_3: &[u16] = &[4829, 6051, 6211, 6540, 7995];
+/// Tier 2: the card schemes' high-risk / high-integrity-risk merchant categories (Visa
+/// Integrity Risk Program, Mastercard Excessive Chargeback and BRAM lists): direct
+/// marketing (5962, 5966, 5967), dating and escort services (7273), drug stores and
+/// pharmaceuticals sold remotely (5122, 5912), cigars and tobacco (5993).
+pub const MCC_TIER_2: &[u16] = &[5122, 5912, 5962, 5966, 5967, 5993, 7273];
+/// Tier 1: resold easily or delivered at once — digital goods (5815, 5816, 5817, 5818),
+/// electronics (5732), jewellery (5944), telecom top-ups (4814), gift cards (5947).
+pub const MCC_TIER_1: &[u16] = &[4814, 5732, 5815, 5816, 5817, 5818, 5944, 5947];
+
+/// The risk tier of a merchant category: 3, 2, 1, or 0 for the rest.
+pub fn mcc_risk(mcc: u16) -> u8 {
+    if MCC_TIER_3.contains(&mcc) {
+        3
+    } else if MCC_TIER_2.contains(&mcc) {
+        2
+    } else if MCC_TIER_1.contains(&mcc) {
+        1
+    } else {
+        0
+    }
+}
+
 /// The features of one event, computed before the event is folded into the profile.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Features {
@@ -45,6 +71,39 @@ pub struct Features {
     /// Transactions in the last hour when the card was first seen less than an hour ago
     /// (0 for older cards).
     pub new_card_burst: u32,
+    /// Transactions in the last 5 minutes, this one included.
+    pub count_5m: u32,
+    /// Amount in the last 5 minutes, this one included.
+    pub sum_5m: i64,
+    /// Transactions in the last 15 minutes, this one included.
+    pub count_15m: u32,
+    /// Amount in the last 15 minutes, this one included.
+    pub sum_15m: i64,
+    /// Transactions in this clock hour and the 23 before, this one included.
+    pub count_24h: u32,
+    /// Amount in this clock hour and the 23 before, this one included.
+    pub sum_24h: i64,
+    /// Declined / transactions over the same 24 clock hours, this one included.
+    pub decline_rate_24h: f64,
+    /// Distinct merchants in the last hour, this one included.
+    pub merchants_1h: u32,
+    /// Distinct countries in the last hour, this one included.
+    pub countries_1h: u32,
+    /// Transactions the card made before this one.
+    pub prev_txns: u64,
+    /// Minutes since the card's latest earlier transaction (0 without one).
+    pub mins_since_last: f64,
+    /// Days since the card was first seen (0 for its first transaction).
+    pub days_since_first: f64,
+    /// (1 + amount) over the card's typical (1 + amount), a geometric mean (1 without
+    /// history).
+    pub amount_vs_typical: f64,
+    /// Amount over the largest the card made before (1 without history).
+    pub amount_vs_max: f64,
+    /// The card's previous transaction was card present and this one is not.
+    pub channel_change: bool,
+    /// Merchant category risk tier, 0 to 3 ([`mcc_risk`]).
+    pub mcc_risk: u8,
 }
 
 impl Features {
@@ -62,6 +121,22 @@ impl Features {
         "high_risk_mcc",
         "decline_streak",
         "new_card_burst",
+        "count_5m",
+        "sum_5m",
+        "count_15m",
+        "sum_15m",
+        "count_24h",
+        "sum_24h",
+        "decline_rate_24h",
+        "merchants_1h",
+        "countries_1h",
+        "prev_txns",
+        "mins_since_last",
+        "days_since_first",
+        "amount_vs_typical",
+        "amount_vs_max",
+        "channel_change",
+        "mcc_risk",
     ];
 
     /// A feature's value by name (booleans as 0 / 1).
@@ -80,6 +155,22 @@ impl Features {
             "high_risk_mcc" => b(self.high_risk_mcc),
             "decline_streak" => f64::from(self.decline_streak),
             "new_card_burst" => f64::from(self.new_card_burst),
+            "count_5m" => f64::from(self.count_5m),
+            "sum_5m" => self.sum_5m as f64,
+            "count_15m" => f64::from(self.count_15m),
+            "sum_15m" => self.sum_15m as f64,
+            "count_24h" => f64::from(self.count_24h),
+            "sum_24h" => self.sum_24h as f64,
+            "decline_rate_24h" => self.decline_rate_24h,
+            "merchants_1h" => f64::from(self.merchants_1h),
+            "countries_1h" => f64::from(self.countries_1h),
+            "prev_txns" => self.prev_txns as f64,
+            "mins_since_last" => self.mins_since_last,
+            "days_since_first" => self.days_since_first,
+            "amount_vs_typical" => self.amount_vs_typical,
+            "amount_vs_max" => self.amount_vs_max,
+            "channel_change" => b(self.channel_change),
+            "mcc_risk" => f64::from(self.mcc_risk),
             _ => return None,
         })
     }
@@ -195,11 +286,82 @@ pub fn new_card_burst(p: &CardProfile, t: &Txn, count_1h: u32) -> u32 {
     }
 }
 
+/// Transactions, declines and amount in this event's clock hour and the 23 before,
+/// this event included.
+pub fn day(p: &CardProfile, t: &Txn) -> (u32, u32, i64) {
+    let hour = t.event_time_ms.div_euclid(3_600_000);
+    let declined = u32::from(t.auth_result == AuthResult::Declined);
+    p.hour_buckets()
+        .filter(|b| b.hour <= hour && b.hour > hour - super::profile::DAY_HOURS)
+        .fold((1, declined, t.amount_minor), |(c, d, s), b| {
+            (c + b.count, d + b.declined, s.saturating_add(b.sum))
+        })
+}
+
+/// Distinct merchants and countries in the last hour, this event's included (events
+/// of profiles written before countries were kept count no country).
+pub fn distinct_1h(p: &CardProfile, t: &Txn) -> (u32, u32) {
+    let recent = || {
+        p.recent
+            .iter()
+            .filter(|r| r.t > t.event_time_ms - 3_600_000 && r.t <= t.event_time_ms)
+    };
+    let mut merchants: Vec<&str> = recent().map(|r| r.m.as_str()).collect();
+    merchants.push(&t.merchant_id);
+    merchants.sort_unstable();
+    merchants.dedup();
+    let mut countries: Vec<&str> = recent()
+        .map(|r| r.c.as_str())
+        .filter(|c| !c.is_empty())
+        .collect();
+    countries.push(&t.location.country);
+    countries.sort_unstable();
+    countries.dedup();
+    (merchants.len() as u32, countries.len() as u32)
+}
+
 /// Every feature of `t` against profile `p` (before `t` is folded in).
 pub fn compute(p: &CardProfile, t: &Txn) -> Features {
     let (count_1m, sum_1m) = velocity(p, t, 60_000);
+    let (count_5m, sum_5m) = velocity(p, t, 5 * 60_000);
+    let (count_15m, sum_15m) = velocity(p, t, 15 * 60_000);
     let (count_1h, sum_1h) = velocity(p, t, 3_600_000);
+    let (count_24h, declined_24h, sum_24h) = day(p, t);
+    let (merchants_1h, countries_1h) = distinct_1h(p, t);
+    let history = p.txn_count > 0;
     Features {
+        count_5m,
+        sum_5m,
+        count_15m,
+        sum_15m,
+        count_24h,
+        sum_24h,
+        decline_rate_24h: f64::from(declined_24h) / f64::from(count_24h),
+        merchants_1h,
+        countries_1h,
+        prev_txns: p.txn_count,
+        mins_since_last: if history {
+            (t.event_time_ms - p.clock_ms).max(0) as f64 / 60_000.0
+        } else {
+            0.0
+        },
+        days_since_first: if history {
+            (t.event_time_ms - p.first_seen_ms).max(0) as f64 / 86_400_000.0
+        } else {
+            0.0
+        },
+        amount_vs_typical: if history {
+            (1.0 + t.amount_minor as f64) / p.amt_mean.exp()
+        } else {
+            1.0
+        },
+        amount_vs_max: if history && p.max_amt > 0 {
+            t.amount_minor as f64 / p.max_amt as f64
+        } else {
+            1.0
+        },
+        channel_change: p.last_cp == Some(true) && !card_present(t),
+        mcc_risk: mcc_risk(t.mcc),
         count_1m,
         sum_1m,
         count_1h,
@@ -362,5 +524,87 @@ mod tests {
             assert!(f.get(n).is_some(), "{n}");
         }
         assert!(f.get("nope").is_none());
+    }
+
+    /// The features an analyst expects, on a card with four earlier events, each value
+    /// computed by hand. T0 is on the hour (07:00 UTC), so T0 - 50 min and T0 - 10 min
+    /// fall in the hour before T0's.
+    #[test]
+    fn analyst_features_match_the_hand_count() {
+        use crate::event::Channel;
+        let ev = |i: u32, ago_min: i64, amt: i64, m: &str, country: &str, declined: bool| {
+            let mut t = txn(i, T0 - ago_min * 60_000, amt, m);
+            t.location.country = country.into();
+            t.auth_result = if declined {
+                AuthResult::Declined
+            } else {
+                AuthResult::Approved
+            };
+            t
+        };
+        let mut p = CardProfile::new("tok");
+        p.update(&ev(1, 25 * 60, 1_000, "m1", "FR", false)); // 25 h ago: not in the 24 h
+        p.update(&ev(2, 120, 4_000, "m2", "FR", true)); // 2 h ago: 24 h, not 1 h
+        p.update(&ev(3, 50, 2_000, "m3", "DE", false));
+        p.update(&ev(4, 10, 500, "m4", "DE", true)); // card present, declined
+        let mut now = ev(5, 0, 9_000, "m9", "US", false);
+        now.channel = Channel::Ecom;
+        now.mcc = 5816;
+        let f = compute(&p, &now);
+        assert_eq!((f.count_5m, f.sum_5m), (1, 9_000));
+        assert_eq!((f.count_15m, f.sum_15m), (2, 9_500));
+        assert_eq!((f.count_1h, f.sum_1h), (3, 11_500));
+        assert_eq!((f.count_24h, f.sum_24h), (4, 15_500));
+        assert_eq!(f.decline_rate_24h, 0.5);
+        assert_eq!((f.merchants_1h, f.countries_1h), (3, 2));
+        assert_eq!(f.prev_txns, 4);
+        assert_eq!(f.mins_since_last, 10.0);
+        assert!((f.days_since_first - 25.0 / 24.0).abs() < 1e-12);
+        let typical = (1_001f64 * 4_001.0 * 2_001.0 * 501.0).powf(0.25);
+        assert!(
+            (f.amount_vs_typical - 9_001.0 / typical).abs() < 1e-9,
+            "{}",
+            f.amount_vs_typical
+        );
+        assert_eq!(f.amount_vs_max, 2.25);
+        assert!(f.channel_change, "card present (m4) then online");
+        assert_eq!(f.mcc_risk, 1);
+
+        // A card's first event: neutral values.
+        let first = compute(&CardProfile::new("tok"), &now);
+        assert_eq!(
+            (
+                first.prev_txns,
+                first.mins_since_last,
+                first.days_since_first
+            ),
+            (0, 0.0, 0.0)
+        );
+        assert_eq!((first.amount_vs_typical, first.amount_vs_max), (1.0, 1.0));
+        assert!(!first.channel_change);
+        assert_eq!((first.count_24h, first.decline_rate_24h), (1, 0.0));
+        assert_eq!([mcc_risk(7995), mcc_risk(5967), mcc_risk(5411)], [3, 2, 0]);
+    }
+
+    /// The day's hour buckets keep 24 clock hours up to the card's latest, whatever the
+    /// order events come in; an event older than that is in none.
+    #[test]
+    fn hour_buckets_keep_a_day_in_any_order() {
+        let times: Vec<i64> = (0..40).map(|h| T0 + h * 3_600_000).collect();
+        let mut fwd = CardProfile::new("tok");
+        for (i, t) in times.iter().enumerate() {
+            fwd.update(&txn(i as u32, *t, 100, "a"));
+        }
+        let mut back = CardProfile::new("tok");
+        for (i, t) in times.iter().enumerate().rev() {
+            back.update(&txn(i as u32, *t, 100, "a"));
+        }
+        let hours = |p: &CardProfile| p.hour_buckets().map(|b| b.hour).collect::<Vec<_>>();
+        assert_eq!(hours(&fwd), hours(&back));
+        assert_eq!(fwd.hours, back.hours);
+        assert_eq!(hours(&fwd).len(), 24);
+        assert_eq!(fwd.hours.len(), 24 * super::super::profile::HOUR_ENTRY);
+        let late = compute(&fwd, &txn(99, T0, 100, "a"));
+        assert_eq!(late.count_24h, 1, "T0's hour is past the day kept");
     }
 }

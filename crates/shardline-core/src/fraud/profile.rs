@@ -99,6 +99,9 @@ pub struct RecentTxn {
     pub amt: i64,
     /// Merchant id.
     pub m: String,
+    /// Country (ISO 3166 alpha-2); empty in profiles written before it was kept.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub c: String,
 }
 
 /// One card's state. Stored as one DynamoDB item (a few KB at most).
@@ -157,6 +160,35 @@ pub struct CardProfile {
     /// applied. A hash instead of the id keeps the item, and its write units, small.
     #[serde(default, with = "serde_bytes")]
     pub seen_ids: Vec<u8>,
+    /// Largest amount applied, minor units.
+    #[serde(default)]
+    pub max_amt: i64,
+    /// Whether the latest transaction applied was card present (`pos`, `atm`).
+    #[serde(default)]
+    pub last_cp: Option<bool>,
+    /// The last [`DAY_HOURS`] clock hours of event time with transactions, oldest
+    /// first, [`HOUR_ENTRY`] bytes each: the hour (epoch hours, i32), transactions
+    /// (u16), declines (u16), amount (i64), little-endian. At most 384 bytes.
+    #[serde(default, with = "serde_bytes")]
+    pub hours: Vec<u8>,
+}
+
+/// Clock hours the day buckets keep.
+pub const DAY_HOURS: i64 = 24;
+/// Bytes of one hour bucket.
+pub const HOUR_ENTRY: usize = 16;
+
+/// One clock hour of a card's day: transactions, declines and amount.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HourBucket {
+    /// Epoch hour (event time / 1 h).
+    pub hour: i64,
+    /// Transactions.
+    pub count: u32,
+    /// Declined transactions.
+    pub declined: u32,
+    /// Amount, minor units.
+    pub sum: i64,
 }
 
 /// Whether a record changes a profile.
@@ -265,6 +297,7 @@ impl CardProfile {
                 t: t.event_time_ms,
                 amt: t.amount_minor,
                 m: t.merchant_id.clone(),
+                c: t.location.country.clone(),
             },
         );
         let newest = self.recent.back().map_or(t.event_time_ms, |r| r.t);
@@ -285,6 +318,9 @@ impl CardProfile {
             self.last_lat = t.location.lat;
             self.last_lon = t.location.lon;
         }
+        self.max_amt = self.max_amt.max(t.amount_minor);
+        self.last_cp = Some(crate::fraud::features::card_present(t));
+        self.add_to_hour(t);
         bump(&mut self.merchants, &t.merchant_id, MAX_MERCHANTS);
         bump(&mut self.countries, &t.location.country, MAX_COUNTRIES);
         self.decline_streak = match t.auth_result {
@@ -293,6 +329,64 @@ impl CardProfile {
         };
         self.clock_ms = self.clock_ms.max(t.event_time_ms);
         self.remember(stable_hash(&t.event_id));
+    }
+
+    /// The hour buckets, oldest first.
+    pub fn hour_buckets(&self) -> impl Iterator<Item = HourBucket> + '_ {
+        self.hours.chunks_exact(HOUR_ENTRY).map(|c| {
+            let hour = i32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            let u16_at = |i: usize| u16::from_le_bytes([c[i], c[i + 1]]);
+            let mut sum = [0u8; 8];
+            sum.copy_from_slice(&c[8..16]);
+            HourBucket {
+                hour: i64::from(hour),
+                count: u32::from(u16_at(4)),
+                declined: u32::from(u16_at(6)),
+                sum: i64::from_le_bytes(sum),
+            }
+        })
+    }
+
+    /// Counts a transaction in its clock hour, keeping the [`DAY_HOURS`] hours up to the
+    /// latest (an event older than that is in no bucket). Counts saturate at u16.
+    fn add_to_hour(&mut self, t: &Txn) {
+        let hour = t.event_time_ms.div_euclid(3_600_000);
+        let mut buckets: Vec<HourBucket> = self.hour_buckets().collect();
+        let latest = buckets.last().map_or(hour, |b| b.hour.max(hour));
+        if hour <= latest - DAY_HOURS {
+            return;
+        }
+        match buckets.binary_search_by_key(&hour, |b| b.hour) {
+            Ok(i) => {
+                let b = &mut buckets[i];
+                b.count = (b.count + 1).min(u32::from(u16::MAX));
+                if t.auth_result == AuthResult::Declined {
+                    b.declined = (b.declined + 1).min(u32::from(u16::MAX));
+                }
+                b.sum = b.sum.saturating_add(t.amount_minor);
+            }
+            Err(i) => buckets.insert(
+                i,
+                HourBucket {
+                    hour,
+                    count: 1,
+                    declined: u32::from(t.auth_result == AuthResult::Declined),
+                    sum: t.amount_minor,
+                },
+            ),
+        }
+        buckets.retain(|b| b.hour > latest - DAY_HOURS);
+        self.hours.clear();
+        for b in buckets {
+            // Epoch hours fit an i32 for 245,000 years either side of 1970.
+            let hour = i32::try_from(b.hour).unwrap_or(i32::MIN);
+            self.hours.extend_from_slice(&hour.to_le_bytes());
+            self.hours
+                .extend_from_slice(&(b.count.min(u32::from(u16::MAX)) as u16).to_le_bytes());
+            self.hours
+                .extend_from_slice(&(b.declined.min(u32::from(u16::MAX)) as u16).to_le_bytes());
+            self.hours.extend_from_slice(&b.sum.to_le_bytes());
+        }
     }
 
     /// Remembers an applied event id at the card's clock, forgetting ids older than the

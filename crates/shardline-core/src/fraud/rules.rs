@@ -186,6 +186,64 @@ pub const SCORER_VARS: &[VarDef] = &[
         "new_card_burst",
         "transactions in the last hour while the card is under an hour old, else 0",
     ),
+    VarDef::number(
+        "count_5m",
+        "transactions in the last 5 minutes, this one included",
+    ),
+    VarDef::number("sum_5m", "amount in the last 5 minutes, this one included"),
+    VarDef::number(
+        "count_15m",
+        "transactions in the last 15 minutes, this one included",
+    ),
+    VarDef::number(
+        "sum_15m",
+        "amount in the last 15 minutes, this one included",
+    ),
+    VarDef::number(
+        "count_24h",
+        "transactions in this clock hour and the 23 before, this one included",
+    ),
+    VarDef::number(
+        "sum_24h",
+        "amount in this clock hour and the 23 before, this one included",
+    ),
+    VarDef::number(
+        "decline_rate_24h",
+        "declined / transactions over the same 24 clock hours, 0 to 1",
+    ),
+    VarDef::number(
+        "merchants_1h",
+        "distinct merchants in the last hour, this one included",
+    ),
+    VarDef::number(
+        "countries_1h",
+        "distinct countries in the last hour, this one included",
+    ),
+    VarDef::number("prev_txns", "transactions the card made before this one"),
+    VarDef::number(
+        "mins_since_last",
+        "minutes since the card's previous transaction (0 without one): dormancy",
+    ),
+    VarDef::number(
+        "days_since_first",
+        "days since the card was first seen (0 on its first transaction): a new card",
+    ),
+    VarDef::number(
+        "amount_vs_typical",
+        "(1 + amount) over the card's typical (geometric mean), 1 without history",
+    ),
+    VarDef::number(
+        "amount_vs_max",
+        "amount over the largest the card made before, 1 without history",
+    ),
+    VarDef::boolean(
+        "channel_change",
+        "the previous transaction was card present (pos, atm), this one is not",
+    ),
+    VarDef::number(
+        "mcc_risk",
+        "merchant category risk tier: 3 money out (4829 6051 6211 6540 7995), 2 scheme high-risk (5122 5912 5962 5966 5967 5993 7273), 1 resellable (4814 5732 5815-5818 5944 5947), else 0",
+    ),
     VarDef::number("amount_minor", "the event's amount in minor units"),
     VarDef::text("currency", "ISO 4217 currency code, upper case"),
     VarDef::number("mcc", "merchant category code (a number: mcc == 7995)"),
@@ -232,9 +290,24 @@ impl Vars for TxnVars<'_> {
             8 => f64::from(f.tiny_merchants_10m),
             10 => f64::from(f.decline_streak),
             11 => f64::from(f.new_card_burst),
-            12 => self.txn.amount_minor as f64,
-            14 => f64::from(self.txn.mcc),
-            20 => (self.txn.event_time_ms.rem_euclid(86_400_000) / 3_600_000) as f64,
+            12 => f64::from(f.count_5m),
+            13 => f.sum_5m as f64,
+            14 => f64::from(f.count_15m),
+            15 => f.sum_15m as f64,
+            16 => f64::from(f.count_24h),
+            17 => f.sum_24h as f64,
+            18 => f.decline_rate_24h,
+            19 => f64::from(f.merchants_1h),
+            20 => f64::from(f.countries_1h),
+            21 => f.prev_txns as f64,
+            22 => f.mins_since_last,
+            23 => f.days_since_first,
+            24 => f.amount_vs_typical,
+            25 => f.amount_vs_max,
+            27 => f64::from(f.mcc_risk),
+            28 => self.txn.amount_minor as f64,
+            30 => f64::from(self.txn.mcc),
+            36 => (self.txn.event_time_ms.rem_euclid(86_400_000) / 3_600_000) as f64,
             _ => 0.0,
         }
     }
@@ -244,6 +317,7 @@ impl Vars for TxnVars<'_> {
             6 => self.features.new_merchant,
             7 => self.features.new_country,
             9 => self.features.high_risk_mcc,
+            26 => self.features.channel_change,
             _ => false,
         }
     }
@@ -251,21 +325,21 @@ impl Vars for TxnVars<'_> {
     fn text(&self, slot: u16) -> &str {
         let t = self.txn;
         match slot {
-            13 => &t.currency,
-            15 => &t.location.country,
-            16 => match t.channel {
+            29 => &t.currency,
+            31 => &t.location.country,
+            32 => match t.channel {
                 Channel::Pos => "pos",
                 Channel::Ecom => "ecom",
                 Channel::Atm => "atm",
                 Channel::Moto => "moto",
             },
-            17 => &t.merchant_id,
-            18 => &t.card_token,
-            19 => match t.auth_result {
+            33 => &t.merchant_id,
+            34 => &t.card_token,
+            35 => match t.auth_result {
                 AuthResult::Approved => "approved",
                 AuthResult::Declined => "declined",
             },
-            21 => t.card_bin.as_deref().unwrap_or(""),
+            37 => t.card_bin.as_deref().unwrap_or(""),
             _ => "",
         }
     }

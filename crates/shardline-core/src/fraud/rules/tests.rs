@@ -446,6 +446,7 @@ fn features() -> impl proptest::strategy::Strategy<Value = Features> {
                 high_risk_mcc: mcc,
                 decline_streak: streak,
                 new_card_burst: burst,
+                ..Features::default()
             },
         )
 }
@@ -567,6 +568,22 @@ fn scorer_variables_read_their_own_value() {
         high_risk_mcc: true,
         decline_streak: 11,
         new_card_burst: 12,
+        count_5m: 13,
+        sum_5m: 14,
+        count_15m: 15,
+        sum_15m: 16,
+        count_24h: 17,
+        sum_24h: 18,
+        decline_rate_24h: 0.19,
+        merchants_1h: 20,
+        countries_1h: 21,
+        prev_txns: 22,
+        mins_since_last: 23.5,
+        days_since_first: 24.5,
+        amount_vs_typical: 25.5,
+        amount_vs_max: 26.5,
+        channel_change: true,
+        mcc_risk: 3,
     };
     let t = txn();
     let v = TxnVars {
