@@ -163,8 +163,8 @@ fn a_panic_in_a_shards_step_is_a_failure_at_its_first_record() {
         },
         settings(),
     );
-    // 40 declines at one merchant within a minute: decline-spike and decline-rate
-    // alerts are written, after the partials, and that write panics.
+    // 40 declines at one merchant within a minute: decline-burst, decline-spike and
+    // decline-rate alerts are written, after the partials, and that write panics.
     let payload = event(40);
     let report = rt().block_on(agg.handle(&payload, None)).unwrap();
     assert!(alerts.panicked.load(Ordering::SeqCst));
@@ -181,7 +181,11 @@ fn a_panic_in_a_shards_step_is_a_failure_at_its_first_record() {
         ids.iter()
             .map(|id| id.split(':').nth(1).unwrap_or(""))
             .collect::<Vec<_>>(),
-        ["merchant_decline_rate", "merchant_decline_spike"],
+        [
+            "merchant_decline_burst",
+            "merchant_decline_rate",
+            "merchant_decline_spike"
+        ],
         "{ids:?}"
     );
 }

@@ -35,11 +35,20 @@ pub struct DemoConfig {
 /// Scenario -> reason codes that detect it.
 fn reasons_for(scenario: &str) -> &'static [&'static str] {
     match scenario {
-        "card_testing" => &["CARD_TESTING"],
+        "card_testing" => &["CARD_TESTING", "CARD_TESTING_1H"],
         "impossible_travel" => &["IMPOSSIBLE_TRAVEL"],
-        "velocity_burst" => &["VELOCITY_1M", "VELOCITY_BURST_1M", "NEW_CARD_BURST"],
-        "account_takeover" => &["NEW_COUNTRY", "AMOUNT_SPIKE"],
-        _ => &["MERCHANT_DECLINE_SPIKE", "MERCHANT_DECLINE_RATE"],
+        "velocity_burst" => &[
+            "VELOCITY_1M",
+            "VELOCITY_BURST_1M",
+            "VELOCITY_15M",
+            "NEW_CARD_BURST",
+        ],
+        "account_takeover" => &["NEW_COUNTRY", "AMOUNT_SPIKE", "DORMANT_TAKEOVER"],
+        _ => &[
+            "MERCHANT_DECLINE_SPIKE",
+            "MERCHANT_DECLINE_RATE",
+            "MERCHANT_DECLINE_BURST",
+        ],
     }
 }
 

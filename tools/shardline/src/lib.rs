@@ -8,6 +8,7 @@ pub mod baseline;
 pub mod bench;
 pub mod common;
 pub mod demo;
+pub mod eval;
 pub mod invoke;
 pub mod labelfile;
 pub mod labels;

@@ -128,6 +128,29 @@ enum Command {
     /// shadow), show what is published, the language reference.
     #[command(subcommand)]
     Rules(shardline::rules::Rules),
+    /// Detection across attack families: recall per family and parameter range, the
+    /// false-positive rate of benign look-alikes, precision and background alert rate,
+    /// over several seeds, against the targets.
+    Eval {
+        /// Seeds (1..=N), one traffic set each.
+        #[arg(long, default_value_t = 5)]
+        seeds: u64,
+        /// Background events per seed.
+        #[arg(long, default_value_t = 20_000)]
+        background: usize,
+        /// Instances of each family and look-alike per seed.
+        #[arg(long, default_value_t = 30)]
+        instances: usize,
+        /// Card rules (default: the shipped rules/fraud-default.json).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Window rules (default: the shipped rules/window-default.json).
+        #[arg(long)]
+        window_rules: Option<PathBuf>,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// What a candidate rule set would have decided over recorded traffic (NDJSON,
     /// Lambda fixtures, the Firehose archive in a folder or on S3), beside a baseline,
     /// against labels: per rule and per set precision, recall, F1, alert rate, and the
@@ -230,6 +253,47 @@ async fn main() -> anyhow::Result<()> {
         Command::Query(q) => query::run(q).await,
         Command::Lists(l) => shardline::lists::run(l).await,
         Command::Rules(r) => shardline::rules::run(r).await,
+        Command::Eval {
+            seeds,
+            background,
+            instances,
+            rules,
+            window_rules,
+            json,
+        } => {
+            use shardline_core::fraud::rules::{Policy, RuleSet};
+            use shardline_core::window::rules::WindowRuleSet;
+            let card = match rules {
+                Some(p) => {
+                    let text = std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    RuleSet::from_json(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.explain()))?
+                }
+                None => RuleSet::default_rules(),
+            };
+            let window = match window_rules {
+                Some(p) => {
+                    let text = std::fs::read_to_string(&p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    WindowRuleSet::from_json(&text)
+                        .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.explain()))?
+                }
+                None => WindowRuleSet::default_rules(),
+            };
+            let cfg = shardline::eval::EvalConfig {
+                seeds: (1..=seeds.max(1)).collect(),
+                background,
+                instances,
+            };
+            let report = shardline::eval::run(&cfg, &Policy::of(card), &window);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", shardline::eval::render(&report));
+            }
+            Ok(())
+        }
         Command::Backtest(args) => {
             shardline::backtest::run(args, &mut std::io::stdout().lock()).await
         }

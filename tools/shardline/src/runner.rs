@@ -224,8 +224,14 @@ impl Clients {
 
 /// Creates the checkpoint table if it is missing.
 pub async fn ensure_checkpoint_table(ddb: &aws_sdk_dynamodb::Client) -> anyhow::Result<()> {
-    let tables = ddb.list_tables().send().await?.table_names().to_vec();
-    if tables.iter().any(|t| t == CHECKPOINT_TABLE) {
+    // Asked by name: a listing's first page holds only 100 of an account's tables.
+    if ddb
+        .describe_table()
+        .table_name(CHECKPOINT_TABLE)
+        .send()
+        .await
+        .is_ok()
+    {
         return Ok(());
     }
     let created = ddb

@@ -25,7 +25,7 @@ pub const SCENARIOS: &[&str] = &[
 ];
 
 /// Cities cards live in and merchants sit in: (name, lat, lon, country).
-const CITIES: &[(&str, f64, f64, &str)] = &[
+pub const CITIES: &[(&str, f64, f64, &str)] = &[
     ("new-york", 40.7128, -74.0060, "US"),
     ("chicago", 41.8781, -87.6298, "US"),
     ("austin", 30.2672, -97.7431, "US"),
@@ -251,14 +251,22 @@ impl WithId for Txn {
     }
 }
 
+/// Merchant `i` of every population: (id, city, category).
+pub fn merchant_of(i: usize) -> (String, usize, u16) {
+    (
+        format!("m-{i:05}"),
+        i % CITIES.len(),
+        MCCS[(i * 7) % (MCCS.len() - 2)],
+    )
+}
+
 /// Generates traffic.
 pub fn generate(cfg: &GenConfig) -> Generated {
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let merchants: Vec<Merchant> = (0..cfg.merchants.max(CITIES.len()))
-        .map(|i| Merchant {
-            id: format!("m-{i:05}"),
-            city: i % CITIES.len(),
-            mcc: MCCS[(i * 7) % (MCCS.len() - 2)],
+        .map(|i| {
+            let (id, city, mcc) = merchant_of(i);
+            Merchant { id, city, mcc }
         })
         .collect();
     let mut by_city = vec![Vec::new(); CITIES.len()];

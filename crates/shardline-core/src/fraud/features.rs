@@ -6,7 +6,7 @@ use super::profile::CardProfile;
 use crate::event::{AuthResult, Txn};
 
 /// Amounts at or below this (minor units) count as "tiny" for card testing.
-pub const TINY_AMOUNT_MINOR: i64 = 300;
+pub const TINY_AMOUNT_MINOR: i64 = 500;
 /// Card-testing look-back.
 pub const CARD_TESTING_WINDOW_MS: i64 = 10 * 60_000;
 /// History needed before "new merchant / new country / amount spike" mean anything.
@@ -22,10 +22,10 @@ pub const HIGH_RISK_MCC: &[u16] = &[4829, 6051, 6211, 7995, 5967, 5993];
 /// stored-value loads).
 pub const MCC_TIER_3: &[u16] = &[4829, 6051, 6211, 6540, 7995];
 /// Tier 2: the card schemes' high-risk / high-integrity-risk merchant categories (Visa
-/// Integrity Risk Program, Mastercard Excessive Chargeback and BRAM lists): direct
-/// marketing (5962, 5966, 5967), dating and escort services (7273), drug stores and
-/// pharmaceuticals sold remotely (5122, 5912), cigars and tobacco (5993).
-pub const MCC_TIER_2: &[u16] = &[5122, 5912, 5962, 5966, 5967, 5993, 7273];
+/// Integrity Risk Program, Mastercard BRAM): direct marketing (5962, 5966, 5967), dating
+/// and escort services (7273), cigars and tobacco (5993). (Pharmacies, 5912, are on
+/// those lists only when they sell remotely; as a category they are everyday shops.)
+pub const MCC_TIER_2: &[u16] = &[5962, 5966, 5967, 5993, 7273];
 /// Tier 1: resold easily or delivered at once — digital goods (5815, 5816, 5817, 5818),
 /// electronics (5732), jewellery (5944), telecom top-ups (4814), gift cards (5947).
 pub const MCC_TIER_1: &[u16] = &[4814, 5732, 5815, 5816, 5817, 5818, 5944, 5947];
@@ -104,6 +104,9 @@ pub struct Features {
     pub channel_change: bool,
     /// Merchant category risk tier, 0 to 3 ([`mcc_risk`]).
     pub mcc_risk: u8,
+    /// Distinct merchants with tiny amounts in the last hour, this one included when
+    /// tiny: card testing spread thin.
+    pub tiny_merchants_1h: u32,
 }
 
 impl Features {
@@ -137,6 +140,7 @@ impl Features {
         "amount_vs_max",
         "channel_change",
         "mcc_risk",
+        "tiny_merchants_1h",
     ];
 
     /// A feature's value by name (booleans as 0 / 1).
@@ -171,6 +175,7 @@ impl Features {
             "amount_vs_max" => self.amount_vs_max,
             "channel_change" => b(self.channel_change),
             "mcc_risk" => f64::from(self.mcc_risk),
+            "tiny_merchants_1h" => f64::from(self.tiny_merchants_1h),
             _ => return None,
         })
     }
@@ -246,12 +251,18 @@ pub fn new_country(p: &CardProfile, t: &Txn) -> bool {
 /// Distinct merchants that took tiny amounts in the last 10 minutes (this one included
 /// when tiny): the shape of card testing.
 pub fn tiny_merchants_10m(p: &CardProfile, t: &Txn) -> u32 {
+    tiny_merchants(p, t, CARD_TESTING_WINDOW_MS)
+}
+
+/// Distinct merchants that took tiny amounts in the last `window_ms` (this one included
+/// when tiny).
+pub fn tiny_merchants(p: &CardProfile, t: &Txn, window_ms: i64) -> u32 {
     let mut merchants: Vec<&str> = p
         .recent
         .iter()
         .filter(|r| {
             r.amt <= TINY_AMOUNT_MINOR
-                && r.t > t.event_time_ms - CARD_TESTING_WINDOW_MS
+                && r.t > t.event_time_ms - window_ms
                 && r.t <= t.event_time_ms
         })
         .map(|r| r.m.as_str())
@@ -362,6 +373,7 @@ pub fn compute(p: &CardProfile, t: &Txn) -> Features {
         },
         channel_change: p.last_cp == Some(true) && !card_present(t),
         mcc_risk: mcc_risk(t.mcc),
+        tiny_merchants_1h: tiny_merchants(p, t, 3_600_000),
         count_1m,
         sum_1m,
         count_1h,

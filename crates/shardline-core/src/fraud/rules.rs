@@ -175,7 +175,7 @@ pub const SCORER_VARS: &[VarDef] = &[
     ),
     VarDef::number(
         "tiny_merchants_10m",
-        "distinct merchants taking amounts <= 300 in 10 minutes",
+        "distinct merchants taking amounts <= 500 in 10 minutes",
     ),
     VarDef::boolean(
         "high_risk_mcc",
@@ -242,7 +242,11 @@ pub const SCORER_VARS: &[VarDef] = &[
     ),
     VarDef::number(
         "mcc_risk",
-        "merchant category risk tier: 3 money out (4829 6051 6211 6540 7995), 2 scheme high-risk (5122 5912 5962 5966 5967 5993 7273), 1 resellable (4814 5732 5815-5818 5944 5947), else 0",
+        "merchant category risk tier: 3 money out (4829 6051 6211 6540 7995), 2 scheme high-risk (5962 5966 5967 5993 7273), 1 resellable (4814 5732 5815-5818 5944 5947), else 0",
+    ),
+    VarDef::number(
+        "tiny_merchants_1h",
+        "distinct merchants taking amounts <= 500 in the last hour",
     ),
     VarDef::number("amount_minor", "the event's amount in minor units"),
     VarDef::text("currency", "ISO 4217 currency code, upper case"),
@@ -305,9 +309,10 @@ impl Vars for TxnVars<'_> {
             24 => f.amount_vs_typical,
             25 => f.amount_vs_max,
             27 => f64::from(f.mcc_risk),
-            28 => self.txn.amount_minor as f64,
-            30 => f64::from(self.txn.mcc),
-            36 => (self.txn.event_time_ms.rem_euclid(86_400_000) / 3_600_000) as f64,
+            28 => f64::from(f.tiny_merchants_1h),
+            29 => self.txn.amount_minor as f64,
+            31 => f64::from(self.txn.mcc),
+            37 => (self.txn.event_time_ms.rem_euclid(86_400_000) / 3_600_000) as f64,
             _ => 0.0,
         }
     }
@@ -325,21 +330,21 @@ impl Vars for TxnVars<'_> {
     fn text(&self, slot: u16) -> &str {
         let t = self.txn;
         match slot {
-            29 => &t.currency,
-            31 => &t.location.country,
-            32 => match t.channel {
+            30 => &t.currency,
+            32 => &t.location.country,
+            33 => match t.channel {
                 Channel::Pos => "pos",
                 Channel::Ecom => "ecom",
                 Channel::Atm => "atm",
                 Channel::Moto => "moto",
             },
-            33 => &t.merchant_id,
-            34 => &t.card_token,
-            35 => match t.auth_result {
+            34 => &t.merchant_id,
+            35 => &t.card_token,
+            36 => match t.auth_result {
                 AuthResult::Approved => "approved",
                 AuthResult::Declined => "declined",
             },
-            37 => t.card_bin.as_deref().unwrap_or(""),
+            38 => t.card_bin.as_deref().unwrap_or(""),
             _ => "",
         }
     }

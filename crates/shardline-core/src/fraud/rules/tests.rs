@@ -584,6 +584,7 @@ fn scorer_variables_read_their_own_value() {
         amount_vs_max: 26.5,
         channel_change: true,
         mcc_risk: 3,
+        tiny_merchants_1h: 28,
     };
     let t = txn();
     let v = TxnVars {

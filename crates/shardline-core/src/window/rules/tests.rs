@@ -46,6 +46,7 @@ fn default_rules_load_and_use_the_language() {
         [
             "merchant_decline_spike",
             "merchant_decline_rate",
+            "merchant_decline_burst",
             "card_spend_1h",
             "merchant_card_spike"
         ]
