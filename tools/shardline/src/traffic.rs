@@ -310,14 +310,35 @@ pub fn generate(cfg: &GenConfig) -> Generated {
         }
     };
     let max_shape = 1.6 * cfg.peak_factor.max(1.0);
-    // Card activity is heavy-tailed too.
+    // Card activity is heavy-tailed too, within what one cardholder does: at most two
+    // purchases an hour of the span (at least two in all), so a short, dense demo span
+    // does not turn its busiest cards into velocity attacks.
     let card_pick = Zipf::new(g.cards.len() as f64, 0.3).expect("valid Zipf");
+    let per_card_cap = ((cfg.span_ms as f64 / 3_600_000.0) * 2.0).ceil().max(2.0) as u32;
+    let mut per_card = vec![0u32; g.cards.len()];
+    let mut next_free = 0usize;
     while events.len() < cfg.events {
         let t = start + g.rng.random_range(0..cfg.span_ms.max(1));
         if g.rng.random::<f64>() * max_shape > shape(t) {
             continue; // rejection sampling of the rate shape
         }
-        let card = (card_pick.sample(&mut g.rng) as usize - 1) % g.cards.len();
+        let mut card = (card_pick.sample(&mut g.rng) as usize - 1) % g.cards.len();
+        if per_card[card] >= per_card_cap {
+            card = g.rng.random_range(0..g.cards.len());
+        }
+        if per_card[card] >= per_card_cap {
+            // Every busy card is at its cap: the next card with room, in order (and, if
+            // none has any, a fair share more for each).
+            while next_free < per_card.len() && per_card[next_free] >= per_card_cap {
+                next_free += 1;
+            }
+            if next_free == per_card.len() {
+                next_free = 0;
+                per_card.iter_mut().for_each(|c| *c = 0);
+            }
+            card = next_free;
+        }
+        per_card[card] += 1;
         let merchant = g.local_merchant(card);
         let amount = g.amount(card);
         let declined = g.rng.random::<f64>() < 0.03;
