@@ -150,6 +150,7 @@ pub async fn demo(cfg: DemoConfig) -> anyhow::Result<()> {
     print_top_merchants(&clients.ddb, &t).await?;
     print_quarantine(&clients.sqs, &t).await?;
     print_backtest(&clients.ddb, &t, &g, &cfg).await?;
+    print_eval();
     println!("\nwhere to look next (emulators kept with `make demo KEEP=1`):");
     println!(
         "  cargo run -q -p shardline -- query windows --param Stage={} --key global --width 5m --last 1h",
@@ -470,4 +471,24 @@ async fn print_backtest(
         cfg.stage
     );
     Ok(())
+}
+
+/// Detection across attack families, beyond this demo's own traffic: `shardline eval` on
+/// three seeds with the shipped rules.
+fn print_eval() {
+    let cfg = crate::eval::EvalConfig {
+        seeds: vec![1, 2, 3],
+        ..crate::eval::EvalConfig::default()
+    };
+    let report = crate::eval::run(
+        &cfg,
+        &shardline_core::fraud::rules::Policy::of(
+            shardline_core::fraud::rules::RuleSet::default_rules(),
+        ),
+        &shardline_core::window::rules::WindowRuleSet::default_rules(),
+    );
+    println!("\ndetection across attack families and look-alikes (`shardline eval`, 3 seeds):");
+    for line in crate::eval::render(&report).lines().skip(1) {
+        println!("  {line}");
+    }
 }
