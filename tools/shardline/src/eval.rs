@@ -35,7 +35,13 @@ pub const FAMILIES: &[&str] = &[
     "merchant_decline_spike",
 ];
 /// Benign look-alikes.
-pub const LOOK_ALIKES: &[&str] = &["traveller", "big_regular", "shopping_trip", "rush_hour"];
+pub const LOOK_ALIKES: &[&str] = &[
+    "traveller",
+    "big_regular",
+    "big_after_quiet",
+    "shopping_trip",
+    "rush_hour",
+];
 
 const MINUTE: i64 = 60_000;
 const HOUR: i64 = 3_600_000;
@@ -114,6 +120,10 @@ pub struct EvalReport {
     pub background_alerts: u64,
     /// Per 1,000 background events.
     pub background_alerts_per_1000: f64,
+    /// Merchant windows with traffic, all seeds.
+    pub merchant_windows: u64,
+    /// Of those, fired by a window rule with no decline spike in them.
+    pub merchant_window_false_alerts: u64,
 }
 
 struct Card {
@@ -155,6 +165,15 @@ impl Fam {
         let per_city = (self.merchants / CITIES.len()).max(1);
         let i = self.rng.random_range(0..per_city) * CITIES.len() + city;
         merchant_of(i)
+    }
+
+    /// A background merchant in `city` of one half of them (`half` 0 or 1): decline
+    /// spikes and rush hours never share a merchant, so neither is credited with the
+    /// other's windows.
+    fn merchant_in_half(&mut self, city: usize, half: usize) -> (String, usize, u16) {
+        let per_city = (self.merchants / CITIES.len()).max(2);
+        let k = self.rng.random_range(0..per_city / 2) * 2 + half;
+        merchant_of(k * CITIES.len() + city)
     }
 
     fn far_city(&mut self, home: usize, min_km: f64) -> Option<usize> {
@@ -391,7 +410,7 @@ fn inject(f: &mut Fam, n: usize, start: i64, end: i64) {
         // 3-15 minutes.
         let t0 = at(f);
         let city = f.rng.random_range(0..CITIES.len());
-        let m = f.merchant_in(city);
+        let m = f.merchant_in_half(city, 0);
         let declines = f.rng.random_range(10..=60);
         let dur = f.rng.random_range(3 * MINUTE..=15 * MINUTE);
         let o = f.instance(
@@ -453,6 +472,25 @@ fn inject(f: &mut Fam, n: usize, start: i64, end: i64) {
         let a = (c.mean * f.rng.random_range(8.0..25.0)) as i64;
         f.txn(&c, &regular, a, t0, Channel::Pos, false, Some(o));
 
+        // Look-alike: an occasional shopper's big purchase after days of quiet: 3-8 times
+        // the card's typical amount at a new shop in town, often electronics, often online.
+        let c = f.card();
+        let t0 = at(f);
+        let quiet = f.rng.random_range(2 * DAY..=10 * DAY);
+        f.history(&c, 4..12, t0 - quiet - 60 * DAY, t0 - quiet);
+        let o = f.instance("big_after_quiet", false, String::new());
+        let mut m = f.merchant_in(c.city);
+        if f.rng.random::<f64>() < 0.5 {
+            m.2 = 5732;
+        }
+        let a = (c.mean * f.rng.random_range(3.0..8.0)) as i64;
+        let ch = if f.rng.random::<f64>() < 0.5 {
+            Channel::Ecom
+        } else {
+            Channel::Pos
+        };
+        f.txn(&c, &m, a, t0, ch, false, Some(o));
+
         // Look-alike: a shopping trip, 6-14 shops, 8 to 25 minutes from one to the next.
         let c = f.card();
         let t0 = at(f);
@@ -469,7 +507,7 @@ fn inject(f: &mut Fam, n: usize, start: i64, end: i64) {
         // Look-alike: a merchant's rush hour, 40-120 cards in 15 minutes, 3 % declined.
         let t0 = at(f);
         let city = f.rng.random_range(0..CITIES.len());
-        let m = f.merchant_in(city);
+        let m = f.merchant_in_half(city, 1);
         let o = f.instance("rush_hour", false, String::new());
         f.instances[o].merchant = Some(m.0.clone());
         f.instances[o].range = (t0, t0 + 15 * MINUTE);
@@ -524,6 +562,26 @@ pub fn run(cfg: &EvalConfig, policy: &Policy, window_rules: &WindowRuleSet) -> E
             instances: Vec::new(),
             merchants: gen_cfg.merchants,
         };
+        // Each background card's past month (0-15 purchases in its town, amounts like
+        // its own), so history-based rules meet cards with history.
+        let mut seen: HashSet<String> = HashSet::new();
+        let firsts: Vec<Txn> = f
+            .events
+            .iter()
+            .filter(|t| seen.insert(t.card_token.clone()))
+            .cloned()
+            .collect();
+        for first in firsts {
+            for _ in 0..f.rng.random_range(0..=15) {
+                f.next += 1;
+                let mut t = first.clone();
+                t.event_id = format!("hist-{seed}-{:07}", f.next);
+                t.event_time_ms = end - span - f.rng.random_range(HOUR..30 * DAY);
+                let scale = LogNormal::new(0.0, 0.6).map_or(1.0, |d| d.sample(&mut f.rng));
+                t.amount_minor = ((first.amount_minor as f64) * scale).max(50.0) as i64;
+                f.events.push(t);
+            }
+        }
         let background_n = f.events.len();
         inject(&mut f, cfg.instances, end - span, end);
         let is_background: HashSet<String> = f.events[..background_n]
@@ -572,6 +630,24 @@ pub fn run(cfg: &EvalConfig, policy: &Policy, window_rules: &WindowRuleSet) -> E
                 fired.insert(*key);
             }
         }
+        report.merchant_windows += windows.len() as u64;
+        let spike_windows: HashSet<(&str, i64)> = f
+            .instances
+            .iter()
+            .filter(|i| i.attack)
+            .filter_map(|i| {
+                let m = i.merchant.as_deref()?;
+                let first = window_start(i.range.0, MERCHANT_WINDOW_MS);
+                let last = window_start(i.range.1, MERCHANT_WINDOW_MS);
+                Some(
+                    (0..=(last - first) / MERCHANT_WINDOW_MS)
+                        .map(move |k| (m, first + k * MERCHANT_WINDOW_MS)),
+                )
+            })
+            .flatten()
+            .collect();
+        report.merchant_window_false_alerts +=
+            fired.iter().filter(|k| !spike_windows.contains(*k)).count() as u64;
         for (i, inst) in f.instances.iter().enumerate() {
             if let Some(merchant) = &inst.merchant {
                 let mut w = window_start(inst.range.0, MERCHANT_WINDOW_MS);
@@ -695,8 +771,13 @@ pub fn render(r: &EvalReport) -> String {
     );
     let _ = writeln!(
         s,
-        "background: {} events, {} alerts: {:.2} per 1,000",
+        "background (with each card's past month): {} events, {} alerts: {:.2} per 1,000",
         r.background_events, r.background_alerts, r.background_alerts_per_1000
+    );
+    let _ = writeln!(
+        s,
+        "merchant windows: {} with traffic, {} fired by a window rule with no decline spike in them",
+        r.merchant_windows, r.merchant_window_false_alerts
     );
     let worst = r.families.values().map(|x| x.rate).fold(1.0, f64::min);
     let _ = writeln!(
@@ -767,7 +848,12 @@ mod tests {
             assert_eq!(all.families[f].rate, 1.0, "{f}");
         }
         assert_eq!(all.families["merchant_decline_spike"].flagged, 0);
-        for l in ["traveller", "big_regular", "shopping_trip"] {
+        for l in [
+            "traveller",
+            "big_regular",
+            "big_after_quiet",
+            "shopping_trip",
+        ] {
             assert_eq!(all.look_alikes[l].rate, 1.0, "{l}");
         }
         assert!(all.alerts > all.background_events);

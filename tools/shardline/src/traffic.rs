@@ -44,6 +44,9 @@ const MCCS: &[u16] = &[
     5411, 5812, 5541, 5311, 5999, 5732, 4111, 5912, 5814, 7011, 4829, 7995,
 ];
 
+/// Background cards make at most two purchases within this much of each other.
+pub const BACKGROUND_SPACING_MS: i64 = 15 * 60_000;
+
 /// Generator settings.
 #[derive(Clone, Debug)]
 pub struct GenConfig {
@@ -311,34 +314,40 @@ pub fn generate(cfg: &GenConfig) -> Generated {
     };
     let max_shape = 1.6 * cfg.peak_factor.max(1.0);
     // Card activity is heavy-tailed too, within what one cardholder does: at most two
-    // purchases an hour of the span (at least two in all), so a short, dense demo span
-    // does not turn its busiest cards into velocity attacks.
+    // purchases in any 15 minutes (five in 15 minutes is what a velocity attack looks
+    // like), so a short, dense span does not turn its busiest cards into bursts.
     let card_pick = Zipf::new(g.cards.len() as f64, 0.3).expect("valid Zipf");
-    let per_card_cap = ((cfg.span_ms as f64 / 3_600_000.0) * 2.0).ceil().max(2.0) as u32;
-    let mut per_card = vec![0u32; g.cards.len()];
-    let mut next_free = 0usize;
+    let mut times: Vec<Vec<i64>> = vec![Vec::new(); g.cards.len()];
+    let mut crowded = 0u32;
+    let busy = |times: &[i64], t: i64| {
+        times
+            .iter()
+            .filter(|&&x| (x - t).abs() < BACKGROUND_SPACING_MS)
+            .count()
+            >= 2
+    };
     while events.len() < cfg.events {
         let t = start + g.rng.random_range(0..cfg.span_ms.max(1));
         if g.rng.random::<f64>() * max_shape > shape(t) {
             continue; // rejection sampling of the rate shape
         }
         let mut card = (card_pick.sample(&mut g.rng) as usize - 1) % g.cards.len();
-        if per_card[card] >= per_card_cap {
+        // A card busy around `t` gives way to another (a few tries, then the event is
+        // drawn again). A span too short for its events and cards at that spacing gives
+        // the spacing up for good once 1,000 draws in a row found no room: bounded.
+        let mut tries = 0;
+        while crowded < 1_000 && busy(&times[card], t) && tries < 8 {
             card = g.rng.random_range(0..g.cards.len());
+            tries += 1;
         }
-        if per_card[card] >= per_card_cap {
-            // Every busy card is at its cap: the next card with room, in order (and, if
-            // none has any, a fair share more for each).
-            while next_free < per_card.len() && per_card[next_free] >= per_card_cap {
-                next_free += 1;
-            }
-            if next_free == per_card.len() {
-                next_free = 0;
-                per_card.iter_mut().for_each(|c| *c = 0);
-            }
-            card = next_free;
+        if crowded < 1_000 && busy(&times[card], t) {
+            crowded += 1;
+            continue;
         }
-        per_card[card] += 1;
+        if crowded < 1_000 {
+            crowded = 0;
+        }
+        times[card].push(t);
         let merchant = g.local_merchant(card);
         let amount = g.amount(card);
         let declined = g.rng.random::<f64>() < 0.03;

@@ -17,9 +17,9 @@ pub const TRAVEL_MIN_KM: f64 = 50.0;
 /// betting, direct marketing.
 pub const HIGH_RISK_MCC: &[u16] = &[4829, 6051, 6211, 7995, 5967, 5993];
 
-/// MCC risk tier 3: money out with no goods — wire transfer (4829), quasi-cash and
-/// crypto (6051), securities (6211), betting and lotteries (7995), money orders (6540,
-/// stored-value loads).
+/// MCC risk tier 3: money out with no goods — wire transfer and money orders (4829),
+/// quasi-cash and crypto (6051), securities (6211), stored-value card loads (6540),
+/// betting and lotteries (7995).
 pub const MCC_TIER_3: &[u16] = &[4829, 6051, 6211, 6540, 7995];
 /// Tier 2: the card schemes' high-risk / high-integrity-risk merchant categories (Visa
 /// Integrity Risk Program, Mastercard BRAM): direct marketing (5962, 5966, 5967), dating
@@ -27,8 +27,8 @@ pub const MCC_TIER_3: &[u16] = &[4829, 6051, 6211, 6540, 7995];
 /// those lists only when they sell remotely; as a category they are everyday shops.)
 pub const MCC_TIER_2: &[u16] = &[5962, 5966, 5967, 5993, 7273];
 /// Tier 1: resold easily or delivered at once — digital goods (5815, 5816, 5817, 5818),
-/// electronics (5732), jewellery (5944), telecom top-ups (4814), gift cards (5947).
-pub const MCC_TIER_1: &[u16] = &[4814, 5732, 5815, 5816, 5817, 5818, 5944, 5947];
+/// electronics (5732), jewellery (5944), telecom services and top-ups (4814).
+pub const MCC_TIER_1: &[u16] = &[4814, 5732, 5815, 5816, 5817, 5818, 5944];
 
 /// The risk tier of a merchant category: 3, 2, 1, or 0 for the rest.
 pub fn mcc_risk(mcc: u16) -> u8 {
@@ -331,6 +331,14 @@ pub fn distinct_1h(p: &CardProfile, t: &Txn) -> (u32, u32) {
     (merchants.len() as u32, countries.len() as u32)
 }
 
+/// The latest event time the profile holds: its clock, or (in a profile written before
+/// the clock was kept) its latest recent transaction or its first one.
+pub fn last_seen(p: &CardProfile) -> i64 {
+    p.clock_ms
+        .max(p.recent.back().map_or(i64::MIN, |r| r.t))
+        .max(p.first_seen_ms)
+}
+
 /// Every feature of `t` against profile `p` (before `t` is folded in).
 pub fn compute(p: &CardProfile, t: &Txn) -> Features {
     let (count_1m, sum_1m) = velocity(p, t, 60_000);
@@ -352,7 +360,7 @@ pub fn compute(p: &CardProfile, t: &Txn) -> Features {
         countries_1h,
         prev_txns: p.txn_count,
         mins_since_last: if history {
-            (t.event_time_ms - p.clock_ms).max(0) as f64 / 60_000.0
+            (t.event_time_ms - last_seen(p)).max(0) as f64 / 60_000.0
         } else {
             0.0
         },
@@ -618,5 +626,28 @@ mod tests {
         assert_eq!(fwd.hours.len(), 24 * super::super::profile::HOUR_ENTRY);
         let late = compute(&fwd, &txn(99, T0, 100, "a"));
         assert_eq!(late.count_24h, 1, "T0's hour is past the day kept");
+    }
+
+    /// A profile written before the card clock was kept reads dormancy from its latest
+    /// recent transaction, not from 1970; a late card-present event does not make the
+    /// next online one a channel change.
+    #[test]
+    fn dormancy_and_channel_change_follow_event_time() {
+        use crate::event::Channel;
+        let mut old = history(5);
+        let last = old.recent.back().unwrap().t;
+        old.clock_ms = 0;
+        let f = compute(&old, &txn(9, last + 120 * 60_000, 100, "a"));
+        assert_eq!(f.mins_since_last, 120.0);
+
+        let mut p = CardProfile::new("tok");
+        let mut online = txn(2, T0 + 600_000, 100, "b");
+        online.channel = Channel::Ecom;
+        p.update(&txn(1, T0, 100, "a"));
+        p.update(&online);
+        p.update(&txn(3, T0 - 300_000, 100, "c")); // card present, but earlier: late
+        let mut next = txn(4, T0 + 1_200_000, 100, "d");
+        next.channel = Channel::Ecom;
+        assert!(!compute(&p, &next).channel_change, "online follows online");
     }
 }

@@ -319,7 +319,11 @@ impl CardProfile {
             self.last_lon = t.location.lon;
         }
         self.max_amt = self.max_amt.max(t.amount_minor);
-        self.last_cp = Some(crate::fraud::features::card_present(t));
+        // The channel of the latest transaction by event time (an older one arriving
+        // late does not change what the next one follows).
+        if t.event_time_ms >= self.clock_ms {
+            self.last_cp = Some(crate::fraud::features::card_present(t));
+        }
         self.add_to_hour(t);
         bump(&mut self.merchants, &t.merchant_id, MAX_MERCHANTS);
         bump(&mut self.countries, &t.location.country, MAX_COUNTRIES);

@@ -242,7 +242,7 @@ pub const SCORER_VARS: &[VarDef] = &[
     ),
     VarDef::number(
         "mcc_risk",
-        "merchant category risk tier: 3 money out (4829 6051 6211 6540 7995), 2 scheme high-risk (5962 5966 5967 5993 7273), 1 resellable (4814 5732 5815-5818 5944 5947), else 0",
+        "merchant category risk tier: 3 money out (4829 6051 6211 6540 7995), 2 scheme high-risk (5962 5966 5967 5993 7273), 1 resellable (4814 5732 5815-5818 5944), else 0",
     ),
     VarDef::number(
         "tiny_merchants_1h",
