@@ -154,6 +154,15 @@ impl Fam {
         }
     }
 
+    /// Online with probability `p_ecom`, else in person.
+    fn channel(&mut self, p_ecom: f64) -> Channel {
+        if self.rng.random::<f64>() < p_ecom {
+            Channel::Ecom
+        } else {
+            Channel::Pos
+        }
+    }
+
     fn amount(&mut self, c: &Card) -> i64 {
         let d = LogNormal::new(c.mean.ln(), 0.6)
             .unwrap_or_else(|_| LogNormal::new(7.0, 0.6).expect("valid"));
@@ -231,11 +240,7 @@ impl Fam {
             let t = self.rng.random_range(from..to.max(from + 1));
             let m = self.merchant_in(c.city);
             let a = self.amount(c);
-            let ch = if self.rng.random::<f64>() < 0.25 {
-                Channel::Ecom
-            } else {
-                Channel::Pos
-            };
+            let ch = self.channel(0.25);
             self.txn(c, &m, a, t, ch, false, None);
         }
     }
@@ -285,11 +290,7 @@ fn inject(f: &mut Fam, n: usize, start: i64, end: i64) {
             let m = f.merchant_in(c.city);
             let a = f.amount(&c);
             let t = t0 + f.rng.random_range(0..dur);
-            let ch = if f.rng.random::<f64>() < 0.5 {
-                Channel::Ecom
-            } else {
-                Channel::Pos
-            };
+            let ch = f.channel(0.5);
             f.txn(&c, &m, a, t, ch, false, Some(o));
         }
 
@@ -344,11 +345,7 @@ fn inject(f: &mut Fam, n: usize, start: i64, end: i64) {
         let far = f
             .far_city(c.city, 1_000.0)
             .unwrap_or((c.city + 6) % CITIES.len());
-        let channel = if f.rng.random::<f64>() < 0.5 {
-            Channel::Ecom
-        } else {
-            Channel::Pos
-        };
+        let channel = f.channel(0.5);
         for k in 0..f.rng.random_range(1..=3) {
             let m = if f.rng.random::<f64>() < 0.6 {
                 let (id, _, _) = f.merchant_in(far);
@@ -484,11 +481,7 @@ fn inject(f: &mut Fam, n: usize, start: i64, end: i64) {
             m.2 = 5732;
         }
         let a = (c.mean * f.rng.random_range(3.0..8.0)) as i64;
-        let ch = if f.rng.random::<f64>() < 0.5 {
-            Channel::Ecom
-        } else {
-            Channel::Pos
-        };
+        let ch = f.channel(0.5);
         f.txn(&c, &m, a, t0, ch, false, Some(o));
 
         // Look-alike: a shopping trip, 6-14 shops, 8 to 25 minutes from one to the next.

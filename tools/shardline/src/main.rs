@@ -238,6 +238,10 @@ enum Command {
     },
 }
 
+fn read_text(p: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     shardline_aws::telemetry::init_tracing();
@@ -264,21 +268,13 @@ async fn main() -> anyhow::Result<()> {
             use shardline_core::fraud::rules::{Policy, RuleSet};
             use shardline_core::window::rules::WindowRuleSet;
             let card = match rules {
-                Some(p) => {
-                    let text = std::fs::read_to_string(&p)
-                        .with_context(|| format!("reading {}", p.display()))?;
-                    RuleSet::from_json(&text)
-                        .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.explain()))?
-                }
+                Some(p) => RuleSet::from_json(&read_text(&p)?)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.explain()))?,
                 None => RuleSet::default_rules(),
             };
             let window = match window_rules {
-                Some(p) => {
-                    let text = std::fs::read_to_string(&p)
-                        .with_context(|| format!("reading {}", p.display()))?;
-                    WindowRuleSet::from_json(&text)
-                        .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.explain()))?
-                }
+                Some(p) => WindowRuleSet::from_json(&read_text(&p)?)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.explain()))?,
                 None => WindowRuleSet::default_rules(),
             };
             let cfg = shardline::eval::EvalConfig {
