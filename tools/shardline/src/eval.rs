@@ -2,7 +2,7 @@
 //!
 //! Each family has parameters drawn over realistic ranges (a burst of 5-30 purchases over
 //! 1-15 minutes, card testing with 3-40 attempts, account takeover after 2-42 days of
-//! dormancy, impossible travel over 1,000-17,000 km, merchant decline spikes of 10-60
+//! dormancy, impossible travel over 1,000-18,500 km, merchant decline spikes of 10-60
 //! declines over 3-15 minutes), and each has benign look-alikes (a real traveller, a big
 //! purchase at a regular merchant, a shopping trip across many stores, a merchant's rush
 //! hour). They are injected into clean background traffic for several seeds and scored
