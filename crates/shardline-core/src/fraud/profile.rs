@@ -19,10 +19,11 @@ pub const MAX_MERCHANTS: usize = 32;
 pub const MAX_COUNTRIES: usize = 16;
 /// How long, in the card's event time, a card remembers an event id to drop a
 /// producer's re-send (same event, new sequence number, maybe another shard after a
-/// reshard). 15 minutes, so that at least 10 minutes hold even after a producer whose
-/// clock runs up to 5 minutes fast (the most [`crate::event::DecodeLimits`] accepts)
-/// moved the card's clock ahead.
-pub const DEDUPE_HORIZON_MS: i64 = 15 * 60_000;
+/// reshard). A day: a re-send comes after the card's later events more often than
+/// within minutes of the original (a producer retrying a batch whose answer it lost, after
+/// the next batches went through), and the count bound [`MAX_SEEN_IDS`] keeps the memory
+/// of a busy card at 2 KiB while a typical card holds a few ids.
+pub const DEDUPE_HORIZON_MS: i64 = 24 * 3_600_000;
 /// Event ids remembered at most, whatever the horizon: a card with more events than this
 /// within [`DEDUPE_HORIZON_MS`] remembers its latest ones only (16 bytes each, so the
 /// memory never passes 2 KiB).
