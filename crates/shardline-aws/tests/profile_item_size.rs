@@ -95,5 +95,6 @@ fn the_busiest_card_stays_within_a_few_write_units() {
     assert_eq!(p.hour_buckets().count(), 24);
     let n = size(&p);
     println!("busiest profile: {n} bytes");
-    assert!(n < 8_000, "the busiest profile of {n} bytes");
+    // 9.2 KB: 2 KiB of it the day's 128 event-id hashes (the re-send memory).
+    assert!(n < 10_000, "the busiest profile of {n} bytes");
 }
