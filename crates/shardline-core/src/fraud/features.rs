@@ -257,22 +257,18 @@ pub fn tiny_merchants_10m(p: &CardProfile, t: &Txn) -> u32 {
 /// Distinct merchants that took tiny amounts in the last `window_ms` (this one included
 /// when tiny).
 pub fn tiny_merchants(p: &CardProfile, t: &Txn, window_ms: i64) -> u32 {
-    let mut merchants: Vec<&str> = p
-        .recent
-        .iter()
-        .filter(|r| {
-            r.amt <= TINY_AMOUNT_MINOR
-                && r.t > t.event_time_ms - window_ms
-                && r.t <= t.event_time_ms
-        })
-        .map(|r| r.m.as_str())
-        .collect();
-    if t.amount_minor <= TINY_AMOUNT_MINOR {
-        merchants.push(&t.merchant_id);
-    }
-    merchants.sort_unstable();
-    merchants.dedup();
-    merchants.len() as u32
+    let this = (t.amount_minor <= TINY_AMOUNT_MINOR).then_some(t.merchant_id.as_str());
+    distinct(
+        p.recent
+            .iter()
+            .filter(|r| {
+                r.amt <= TINY_AMOUNT_MINOR
+                    && r.t > t.event_time_ms - window_ms
+                    && r.t <= t.event_time_ms
+            })
+            .map(|r| r.m.as_str())
+            .chain(this),
+    )
 }
 
 /// Consecutive declines including this event.
@@ -317,18 +313,30 @@ pub fn distinct_1h(p: &CardProfile, t: &Txn) -> (u32, u32) {
             .iter()
             .filter(|r| r.t > t.event_time_ms - 3_600_000 && r.t <= t.event_time_ms)
     };
-    let mut merchants: Vec<&str> = recent().map(|r| r.m.as_str()).collect();
-    merchants.push(&t.merchant_id);
-    merchants.sort_unstable();
-    merchants.dedup();
-    let mut countries: Vec<&str> = recent()
-        .map(|r| r.c.as_str())
-        .filter(|c| !c.is_empty())
-        .collect();
-    countries.push(&t.location.country);
-    countries.sort_unstable();
-    countries.dedup();
-    (merchants.len() as u32, countries.len() as u32)
+    let merchants = distinct(
+        recent()
+            .map(|r| r.m.as_str())
+            .chain([t.merchant_id.as_str()]),
+    );
+    let countries = distinct(
+        recent()
+            .map(|r| r.c.as_str())
+            .filter(|c| !c.is_empty())
+            .chain([t.location.country.as_str()]),
+    );
+    (merchants, countries)
+}
+
+/// Distinct values of a short sequence (at most a card's recent events), without
+/// allocating: each value counts where it first appears.
+fn distinct<'a>(items: impl Iterator<Item = &'a str> + Clone) -> u32 {
+    let mut n = 0;
+    for (i, x) in items.clone().enumerate() {
+        if !items.clone().take(i).any(|y| y == x) {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// The latest event time the profile holds: its clock, or (in a profile written before

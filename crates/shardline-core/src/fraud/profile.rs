@@ -353,45 +353,50 @@ impl CardProfile {
     }
 
     /// Counts a transaction in its clock hour, keeping the [`DAY_HOURS`] hours up to the
-    /// latest (an event older than that is in no bucket). Counts saturate at u16.
+    /// latest (an event older than that is in no bucket). Counts saturate at u16. Edits
+    /// the bytes in place: no allocation once the buckets have their room.
     fn add_to_hour(&mut self, t: &Txn) {
         let hour = t.event_time_ms.div_euclid(3_600_000);
-        let mut buckets: Vec<HourBucket> = self.hour_buckets().collect();
-        let latest = buckets.last().map_or(hour, |b| b.hour.max(hour));
+        let h = &mut self.hours;
+        let hour_at = |h: &[u8], k: usize| {
+            let o = k * HOUR_ENTRY;
+            i64::from(i32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]))
+        };
+        let n = h.len() / HOUR_ENTRY;
+        let latest = if n > 0 {
+            hour_at(h, n - 1).max(hour)
+        } else {
+            hour
+        };
         if hour <= latest - DAY_HOURS {
             return;
         }
-        match buckets.binary_search_by_key(&hour, |b| b.hour) {
-            Ok(i) => {
-                let b = &mut buckets[i];
-                b.count = (b.count + 1).min(u32::from(u16::MAX));
-                if t.auth_result == AuthResult::Declined {
-                    b.declined = (b.declined + 1).min(u32::from(u16::MAX));
-                }
-                b.sum = b.sum.saturating_add(t.amount_minor);
-            }
-            Err(i) => buckets.insert(
-                i,
-                HourBucket {
-                    hour,
-                    count: 1,
-                    declined: u32::from(t.auth_result == AuthResult::Declined),
-                    sum: t.amount_minor,
-                },
-            ),
-        }
-        buckets.retain(|b| b.hour > latest - DAY_HOURS);
-        self.hours.clear();
-        for b in buckets {
+        let declined = u16::from(t.auth_result == AuthResult::Declined);
+        let at = partition(n, |k| hour_at(h, k) < hour);
+        if at < n && hour_at(h, at) == hour {
+            let o = at * HOUR_ENTRY;
+            let u16_at = |h: &[u8], i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
+            let count = u16_at(h, o + 4).saturating_add(1);
+            let decl = u16_at(h, o + 6).saturating_add(declined);
+            let mut sum = [0u8; 8];
+            sum.copy_from_slice(&h[o + 8..o + 16]);
+            let sum = i64::from_le_bytes(sum).saturating_add(t.amount_minor);
+            h[o + 4..o + 6].copy_from_slice(&count.to_le_bytes());
+            h[o + 6..o + 8].copy_from_slice(&decl.to_le_bytes());
+            h[o + 8..o + 16].copy_from_slice(&sum.to_le_bytes());
+        } else {
             // Epoch hours fit an i32 for 245,000 years either side of 1970.
-            let hour = i32::try_from(b.hour).unwrap_or(i32::MIN);
-            self.hours.extend_from_slice(&hour.to_le_bytes());
-            self.hours
-                .extend_from_slice(&(b.count.min(u32::from(u16::MAX)) as u16).to_le_bytes());
-            self.hours
-                .extend_from_slice(&(b.declined.min(u32::from(u16::MAX)) as u16).to_le_bytes());
-            self.hours.extend_from_slice(&b.sum.to_le_bytes());
+            let mut entry = [0u8; HOUR_ENTRY];
+            entry[..4].copy_from_slice(&i32::try_from(hour).unwrap_or(i32::MIN).to_le_bytes());
+            entry[4..6].copy_from_slice(&1u16.to_le_bytes());
+            entry[6..8].copy_from_slice(&declined.to_le_bytes());
+            entry[8..].copy_from_slice(&t.amount_minor.to_le_bytes());
+            let o = at * HOUR_ENTRY;
+            h.splice(o..o, entry);
         }
+        let n = h.len() / HOUR_ENTRY;
+        let old = partition(n, |k| hour_at(h, k) <= latest - DAY_HOURS);
+        h.drain(..old * HOUR_ENTRY);
     }
 
     /// Remembers an applied event id at the card's clock, forgetting ids older than the
@@ -469,4 +474,18 @@ mod tests {
         assert_eq!(p.applied["shardId-000000000001"].pos, "0000000049590");
         assert_eq!(p.txn_count, 2);
     }
+}
+
+/// The first `k` in `0..n` for which `before(k)` is false (`before` holds for a prefix).
+fn partition(n: usize, before: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if before(mid) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    lo
 }
