@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{AuthResult, Txn};
 use crate::seq::RecordPos;
-use crate::window::hll::stable_hash;
+use crate::window::hll::{partition, stable_hash};
 
 /// Longest horizon any feature looks back over (1 hour).
 pub const HORIZON_MS: i64 = 3_600_000;
@@ -474,18 +474,4 @@ mod tests {
         assert_eq!(p.applied["shardId-000000000001"].pos, "0000000049590");
         assert_eq!(p.txn_count, 2);
     }
-}
-
-/// The first `k` in `0..n` for which `before(k)` is false (`before` holds for a prefix).
-fn partition(n: usize, before: impl Fn(usize) -> bool) -> usize {
-    let (mut lo, mut hi) = (0, n);
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if before(mid) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    lo
 }

@@ -276,7 +276,7 @@ enum Form {
 }
 
 /// The first `k` in `0..n` for which `before(k)` is false (`before` holds for a prefix).
-fn partition(n: usize, before: impl Fn(usize) -> bool) -> usize {
+pub(crate) fn partition(n: usize, before: impl Fn(usize) -> bool) -> usize {
     let (mut lo, mut hi) = (0, n);
     while lo < hi {
         let mid = (lo + hi) / 2;
