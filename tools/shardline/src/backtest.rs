@@ -1119,9 +1119,6 @@ mod tests {
 
     use super::*;
     use crate::traffic::{GenConfig, fixture_event, generate};
-    use fraud_scorer::{Scorer, ScorerSettings};
-    use shardline_core::ports::{NoAlertStream, NoRuleSource};
-    use shardline_testkit::{MemAlerts, MemProfiles, MemQuarantine};
 
     /// The backtest decides what the function decides: generated traffic (every attack
     /// scenario, re-sends, poison, late records) through the real handler on in-memory
@@ -1141,27 +1138,14 @@ mod tests {
             .enumerate()
             .map(|(i, c)| serde_json::to_vec(&fixture_event(c, i * 500)).unwrap())
             .collect();
-        let (p, a, q) = (
-            MemProfiles::default(),
-            MemAlerts::default(),
-            MemQuarantine::default(),
-        );
-        let scorer = Scorer::new(
-            fraud_scorer::Stores {
-                profiles: &p,
-                alerts: &a,
-                quarantine: &q,
-                rules: NoRuleSource,
-                stream: NoAlertStream,
-            },
-            ScorerSettings::default(),
-        );
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        for f in &fixtures {
-            rt.block_on(scorer.handle(f, None)).unwrap();
-        }
+        let (_, a, q) = crate::bench::mem_scorer_over(
+            &rt,
+            fixtures.iter().map(Vec::as_slice),
+            DecodeLimits::default(),
+        );
         let mut want: Vec<(String, Outcome, Vec<String>)> = a
             .snapshot()
             .into_values()

@@ -112,25 +112,41 @@ pub fn bench_limits() -> DecodeLimits {
 
 /// The fraud-scorer handler on fresh in-memory stores, once; returns its alerts.
 pub fn mem_scorer(rt: &tokio::runtime::Runtime, json: &[u8]) -> usize {
+    mem_scorer_over(rt, [json], bench_limits()).0
+}
+
+/// The fraud-scorer handler on fresh in-memory stores over Lambda events in order:
+/// the alerts it reported, and the alerts and quarantine stores after.
+pub fn mem_scorer_over<'a>(
+    rt: &tokio::runtime::Runtime,
+    events: impl IntoIterator<Item = &'a [u8]>,
+    limits: DecodeLimits,
+) -> (usize, MemAlerts, MemQuarantine) {
     let (p, a, q) = (
         MemProfiles::default(),
         MemAlerts::default(),
         MemQuarantine::default(),
     );
-    let s = Scorer::new(
-        fraud_scorer::Stores {
-            profiles: &p,
-            alerts: &a,
-            quarantine: &q,
-            rules: NoRuleSource,
-            stream: NoAlertStream,
-        },
-        ScorerSettings {
-            limits: bench_limits(),
-            ..ScorerSettings::default()
-        },
-    );
-    rt.block_on(s.handle(json, None)).expect("handle").alerts
+    let mut alerts = 0;
+    {
+        let s = Scorer::new(
+            fraud_scorer::Stores {
+                profiles: &p,
+                alerts: &a,
+                quarantine: &q,
+                rules: NoRuleSource,
+                stream: NoAlertStream,
+            },
+            ScorerSettings {
+                limits,
+                ..ScorerSettings::default()
+            },
+        );
+        for json in events {
+            alerts += rt.block_on(s.handle(json, None)).expect("handle").alerts;
+        }
+    }
+    (alerts, a, q)
 }
 
 /// The window-aggregator handler on fresh in-memory stores, once; returns its writes.
